@@ -1,0 +1,29 @@
+# The commands in README.md. `make test` and `make demo` set up .venv themselves on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test test-all lint demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-all: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m ""
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf out .pytest_cache

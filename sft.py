@@ -1,0 +1,132 @@
+"""Stage 1 — supervised fine-tuning: teach a base model to answer ``system + question`` with the ``chosen`` answer.
+
+    python sft.py --model_name_or_path M --dataset_name data/orca_sample --output_dir out/sft
+    torchrun --nnodes 1 --nproc_per_node 8 sft.py --model_name_or_path M --bf16 True \
+        --dataset_name Intel/orca_dpo_pairs --dataset_concatenation --per_device_train_batch_size 2 \
+        --gradient_accumulation_steps 4 --learning_rate 1e-4 --num_train_epochs 3 --output_dir out/sft --peft lora
+    accelerate launch --num_processes 8 sft.py ...        (same flags)
+    python3 gaudi_spawn.py --world_size 8 --use_mpi sft.py <same flags> --device hpu --use_habana --use_lazy_mode
+
+Loss is on the answer tokens only. LoRA by default (``--peft none`` for a full fine-tune). The output folder holds
+a merged model that loads with ``AutoModelForCausalLM``, the adapter in ``adapter/``, the tokenizer (pad distinct
+from EOS), ``prompt_format.json`` (reused by the reward-model and PPO stages), ``metrics.json`` and, written
+last, ``COMPLETE.json``. Every flag is documented by ``python sft.py --help``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+from trl import SFTConfig
+
+from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.checkpoint import resolve_resume, start_output
+from rlhf.cli import HubArguments, UsageError, cpu_only, parse_bool, parse_dataclasses, run_main, setup_logging
+from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
+from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
+from rlhf.prompt_format import resolve_prompt_format
+from rlhf.stage import accept_legacy_training_flags, load_causal_lm, protect_secrets, save_stage_output
+
+logger = logging.getLogger("sft")
+
+
+@dataclass
+class ScriptArguments:
+    model_name_or_path: str = field(metadata={"help": "Base model: hub name or local folder."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    use_fast_tokenizer: str = field(default="true", metadata={"help": "Use the fast (Rust) tokenizer: true/false."})
+    torch_dtype: str | None = field(
+        default=None, metadata={"help": "Weights dtype when loading: auto, bfloat16, float16, float32."}
+    )
+    peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
+    dataset_concatenation: bool = field(
+        default=False,
+        metadata={"help": "Pack several examples into each sequence of --max_length tokens (TRL packing; the "
+                  "answer-only loss is kept)."},
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Old name of --eval_strategy, accepted for the reference command line."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
+    )
+
+
+@dataclass
+class SFTArguments(SFTConfig):
+    """TRL's SFTConfig with this project's defaults."""
+
+    output_dir: str = field(default="out/sft", metadata={"help": "Where the model and checkpoints go."})
+    use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------ arguments
+    adopt_mpi_environment()
+    parser = HfArgumentParser(
+        (ScriptArguments, DataArguments, LoraArguments, HubArguments, BackendArguments, SFTArguments)
+    )
+    script, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
+    setup_logging(train_args.log_level)
+    protect_secrets(hub, train_args)
+    select_backend(backend_args)
+    accept_legacy_training_flags(train_args, script.evaluation_strategy, hub)
+    if script.peft not in ("lora", "none"):
+        raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
+    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
+    train_args.packing = script.dataset_concatenation or train_args.packing
+    if train_args.completion_only_loss is None:
+        train_args.completion_only_loss = True
+    dtype = resolve_dtype(script.torch_dtype)
+
+    # ------------------------------------------------------------------ data
+    split = load_pairs(data_args, hub.token)
+    tokenizer, _ = load_tokenizer(
+        script.tokenizer_name or script.model_name_or_path,
+        token=hub.token,
+        use_fast=parse_bool(script.use_fast_tokenizer, "use_fast_tokenizer"),
+        trust_remote_code=train_args.trust_remote_code,
+    )
+    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, script.model_name_or_path)
+    train_enc, eval_enc = encode_split(split, tokenizer, fmt, train_args.max_length)
+    from datasets import Dataset
+
+    train_ds = Dataset.from_list(sft_features(train_enc))
+    eval_ds = Dataset.from_list(sft_features(eval_enc)) if eval_enc else None
+    if eval_ds is None and train_args.eval_strategy != "no":
+        raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
+    output_dir = start_output(train_args.output_dir, script.overwrite_output_dir, resume is not None)
+
+    # ------------------------------------------------------------------ model
+    model = load_causal_lm(script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code)
+    peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
+
+    # ------------------------------------------------------------------ train
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=train_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {"train": result.metrics}
+    if eval_ds is not None:
+        metrics["eval"] = trainer.evaluate()
+
+    # ------------------------------------------------------------------ save
+    save_stage_output(trainer, output_dir, tokenizer, fmt, metrics, stage="sft", data_report=split.report)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
