@@ -1,0 +1,267 @@
+"""Stage 3 — PPO: improve the SFT policy against the reward model, KL-anchored to the SFT model.
+
+    python rl_training.py --model_name out/sft --reward_model_name out/rm --dataset_name data/orca_sample \
+        --batch_size 8 --mini_batch_size 2 --gradient_accumulation_steps 2 --steps 800 --output_dir out/ppo
+    accelerate launch --multi_gpu --num_machines 1 --num_processes 8 rl_training.py --log_with=wandb \
+        --model_name=M --reward_model_name=R --adafactor=False --tokenizer_name=M --save_freq=100 \
+        --output_max_length=128 --batch_size=8 --gradient_accumulation_steps=8 --batched_gen=True --ppo_epochs=4 \
+        --seed=0 --learning_rate=1.4e-5 --early_stopping=True --output_dir=O
+    python3 rl_training.py ... --mini_batch_size=1 --use_habana
+    python3 gaudi_spawn.py --world_size 8 --use_mpi rl_training.py ... --use_habana
+
+The PPO engine is this project's own (``rlhf/ppo_engine.py``; TRL no longer ships one). The policy is the SFT model
+with a LoRA adapter (``--peft none`` for a full fine-tune) and a value head; the reference is the same network with
+the adapter switched off (or a frozen copy). Prompts and the reward model's input use the prompt format saved by the
+earlier stages. Output: ``step_N/`` every ``--save_freq`` steps and ``final/`` (merged policy loadable with
+``AutoModelForCausalLM``), ``metrics.jsonl`` (one line per step), ``samples.jsonl``. Resume with
+``--resume_from_checkpoint latest``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser
+
+from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.checkpoint import clean_stale_temporaries
+from rlhf.cli import HubArguments, UsageError, parse_bool, public_dict, run_main, setup_logging
+from rlhf.data import DataArguments, encode_text, load_pairs
+from rlhf.models import (
+    LoraArguments,
+    check_causal_lm_folder,
+    check_reward_folder,
+    fit_embeddings,
+    load_tokenizer,
+    resolve_dtype,
+)
+from rlhf.ppo_checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from rlhf.ppo_engine import PPOConfig, PPOEngine, PromptSampler, truncate_jsonl, write_jsonl
+from rlhf.ppo_models import PolicyWithValue, RewardScorer
+from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.reward import load_reward_stats
+from rlhf.stage import dtype_kwarg, protect_secrets
+
+logger = logging.getLogger("rl_training")
+TRACKERS = ("wandb", "tensorboard", "none")
+
+
+@dataclass
+class ScriptArguments:
+    model_name: str = field(default="", metadata={"help": "The SFT policy: hub name or folder (sft.py output)."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    reward_model_name: str = field(default="", metadata={"help": "The reward model folder (reward_modeling.py output)."})
+    output_dir: str = field(default="out/ppo", metadata={"help": "Where checkpoints, metrics and the final policy go."})
+    log_with: str | None = field(default=None, metadata={"help": "Tracker: wandb, tensorboard or none. A JSONL log "
+                                 "(metrics.jsonl) is always written."})
+    project_name: str = field(default="rlhf-ppo", metadata={"help": "Tracker project/run group name."})
+    save_freq: int | None = field(default=None, metadata={"help": "Save output_dir/step_N every N PPO steps."})
+    save_merged: bool = field(default=False, metadata={"help": "Also write the merged policy into step_N folders "
+                              "(final/ always has it)."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A step_N folder, or 'latest' for the newest complete one in output_dir."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
+    peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
+    torch_dtype: str = field(default="float32", metadata={"help": "Policy/reference/reward weights dtype."})
+    batched_gen: bool = field(
+        default=True, metadata={"help": "Accepted for the reference command line: generation is always batched."}
+    )
+    log_samples_every: int = field(default=10, metadata={"help": "Log a few (prompt, response, score) every N steps."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
+    debug: bool = field(default=False, metadata={"help": "Full tracebacks for input errors."})
+
+
+@dataclass
+class PPOLoraArguments(LoraArguments):
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (reference: 16)."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (reference: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference: 0.05; off during PPO "
+                                "forwards, which run in eval mode)."})
+
+
+class StopRequested:
+    """SIGTERM (what schedulers send before preemption): finish the step, checkpoint, exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------ arguments
+    adopt_mpi_environment()
+    parser = HfArgumentParser((ScriptArguments, PPOConfig, PPOLoraArguments, DataArguments, HubArguments,
+                               BackendArguments))
+    try:
+        script, cfg, lora_args, data_args, hub, backend_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        raise UsageError(f"invalid arguments: {err}") from None
+    setup_logging("debug" if script.debug else "info")
+    protect_secrets(hub)
+    if not script.model_name or not script.reward_model_name:
+        raise UsageError("--model_name and --reward_model_name are required")
+    if script.log_with not in (None, *TRACKERS):
+        raise UsageError(f"--log_with: expected one of {', '.join(TRACKERS)}, got {script.log_with!r}")
+    if script.peft not in ("lora", "none"):
+        raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
+    if script.save_freq is not None and script.save_freq < 1:
+        raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
+    parse_bool(script.batched_gen, "batched_gen")
+    backend = select_backend(backend_args)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        cpu=backend.name == "cpu",
+        log_with=None if script.log_with in (None, "none") else script.log_with,
+        project_dir=script.output_dir,
+    )
+    try:
+        cfg.validate(accelerator.num_processes)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_causal_lm_folder(script.model_name, "model_name")
+    check_reward_folder(script.reward_model_name, "reward_model_name")
+    dtype = resolve_dtype(script.torch_dtype)
+    output_dir = Path(script.output_dir)
+    resume = resolve_checkpoint(script.resume_from_checkpoint, output_dir)
+
+    # ------------------------------------------------------------------ data: prompts in the policy's format
+    split = load_pairs(data_args, hub.token)
+    tokenizer, _ = load_tokenizer(script.tokenizer_name or script.model_name, hub.token,
+                                  trust_remote_code=script.trust_remote_code)
+    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, script.model_name)
+    prompts, seen = [], set()
+    for pair in split.train:
+        if (pair.system, pair.question) in seen:
+            continue
+        seen.add((pair.system, pair.question))
+        ids = encode_text(tokenizer, fmt.render_prompt(pair.system, pair.question, tokenizer), fmt)
+        if len(ids) > cfg.max_prompt_length:
+            split.report.drop("prompt_over_max_prompt_length")
+            continue
+        prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids})
+    split.report.log()
+    if not prompts:
+        raise UsageError(f"no prompt fits in --max_prompt_length {cfg.max_prompt_length}")
+
+    # ------------------------------------------------------------------ models
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(script.seed)  # identical initialisation (LoRA, value head) on every process
+    lm = AutoModelForCausalLM.from_pretrained(script.model_name, token=hub.token,
+                                              trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype))
+    fit_embeddings(lm, tokenizer)
+    ref_model = None
+    if script.peft == "lora":
+        from peft import get_peft_model
+
+        lm = get_peft_model(lm, lora_args.peft_config("CAUSAL_LM"))
+    else:
+        ref_model = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
+    policy = PolicyWithValue(lm)
+
+    rm_tokenizer, _ = load_tokenizer(script.reward_model_name, hub.token, trust_remote_code=script.trust_remote_code)
+    rm_fmt = PromptFormat.load(script.reward_model_name) or fmt
+    if rm_fmt != fmt:
+        logger.warning("the reward model was trained with a different prompt format (%s) than the policy (%s); "
+                       "it will score in its own format", rm_fmt.kind, fmt.kind)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(
+        script.reward_model_name, num_labels=1, token=hub.token, trust_remote_code=script.trust_remote_code,
+        **dtype_kwarg(dtype),
+    )
+    reward_model.config.pad_token_id = rm_tokenizer.pad_token_id
+    reward_model = reward_model.eval().requires_grad_(False).to(accelerator.device)
+    reward_stats = load_reward_stats(script.reward_model_name)
+    if cfg.normalize_rewards and not reward_stats:
+        raise UsageError(f"--normalize_rewards: {script.reward_model_name} has no reward_stats.json")
+
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    if cfg.adafactor:
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(trainable, lr=cfg.learning_rate, scale_parameter=False, relative_step=False,
+                              warmup_init=False)
+    else:
+        optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+
+    # ------------------------------------------------------------------ engine, resume, trackers
+    engine = PPOEngine(cfg, accelerator, policy, optimizer, tokenizer, RewardScorer(reward_model, rm_tokenizer, rm_fmt),
+                       ref_model, reward_stats, script.seed)
+    sampler = PromptSampler(len(prompts), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
+                            script.seed)
+    torch.manual_seed(script.seed + accelerator.process_index)  # each process samples different responses
+    step = 0
+    if resume is not None:
+        step = load_checkpoint(resume, accelerator, engine, sampler)
+        logger.info("resumed from %s at step %d", resume, step)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(output_dir)
+        truncate_jsonl(output_dir / "metrics.jsonl", step)
+        truncate_jsonl(output_dir / "samples.jsonl", step)
+    if script.log_with not in (None, "none"):
+        secrets = [hub.hf_access_token]
+        config = {**public_dict(script, secrets), **public_dict(cfg, secrets)}
+        accelerator.init_trackers(script.project_name, config=config)
+
+    # ------------------------------------------------------------------ train
+    from tqdm.auto import tqdm
+
+    total = cfg.num_steps(accelerator.num_processes)
+    stop = StopRequested()
+    bar = tqdm(total=total, initial=step, desc="ppo", disable=not accelerator.is_main_process)
+    while step < total:
+        batch = [prompts[i] for i in sampler.next_batch()]
+        try:
+            stats, rollout = engine.step(batch)
+        except FloatingPointError as err:
+            raise UsageError(f"step {step + 1}: {err}; nothing saved for this step") from None
+        step += 1
+        if accelerator.is_main_process:
+            write_jsonl(output_dir / "metrics.jsonl", {"step": step, **stats})
+            if script.log_samples_every and step % script.log_samples_every == 0:
+                for b, text, score in list(zip(batch, rollout.responses, rollout.raw_scores.tolist()))[:3]:
+                    write_jsonl(output_dir / "samples.jsonl",
+                                {"step": step, "question": b["question"], "response": text, "score": score})
+        accelerator.log(stats, step=step)
+        bar.update(1)
+        bar.set_postfix(reward=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}")
+        if script.save_freq and step % script.save_freq == 0 and step < total:
+            save_checkpoint(output_dir / f"step_{step}", accelerator, engine, sampler, tokenizer, fmt, step,
+                            merged=script.save_merged)
+        if _any_rank(accelerator, stop.requested):
+            save_checkpoint(output_dir / f"step_{step}", accelerator, engine, sampler, tokenizer, fmt, step,
+                            merged=script.save_merged)
+            logger.warning("SIGTERM: saved %s; continue with the same command plus --resume_from_checkpoint "
+                           "latest", output_dir / f"step_{step}")
+            accelerator.end_training()
+            return 143
+    bar.close()
+
+    # ------------------------------------------------------------------ save
+    save_checkpoint(output_dir / "final", accelerator, engine, sampler, tokenizer, fmt, step, merged=True,
+                    final=True)
+    accelerator.end_training()
+    logger.info("PPO done: %d steps; policy in %s", step, output_dir / "final")
+    return 0
+
+
+def _any_rank(accelerator: Any, flag: bool) -> bool:
+    """A stop request on any process stops all of them at the same step."""
+    tensor = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").item() > 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,130 @@
+"""PPO checkpoints: ``output_dir/step_N/`` and ``output_dir/final/``, each complete or absent.
+
+A checkpoint folder holds:
+
+* ``adapter/`` — the LoRA adapter (loads with PEFT), when training LoRA;
+* the merged (or fully fine-tuned) policy at the folder root, loadable with ``AutoModelForCausalLM`` — always in
+  ``final/``, in ``step_N/`` with ``--save_merged``;
+* ``value_head.safetensors``, the tokenizer and ``prompt_format.json``;
+* what an exact resume needs: ``trainable_state.safetensors`` (every trained parameter), ``optimizer.pt``,
+  ``rng.pt`` (all random generators, per process) and ``state.json`` (step, data position, KL controller).
+
+Weights are safetensors; the ``.pt`` files hold only tensors and numbers and are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlhf.checkpoint import COMPLETE_MARKER, atomic_folder, is_complete
+from rlhf.cli import UsageError
+from rlhf.prompt_format import PromptFormat
+
+
+def _trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(
+    folder: Path,
+    accelerator: Any,
+    engine: Any,
+    sampler: Any,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    step: int,
+    merged: bool,
+    final: bool = False,
+) -> None:
+    """Write a checkpoint atomically. Called on every rank (each contributes its random state); rank 0 writes."""
+    from accelerate.utils import gather_object
+
+    rng_per_rank = gather_object([_rng_state()])
+    policy = engine.unwrapped
+    if accelerator.is_main_process:
+        with atomic_folder(folder, {"step": step, "final": final}) as tmp:
+            save_file(_trainable_state(policy), str(tmp / "trainable_state.safetensors"))
+            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                      str(tmp / "value_head.safetensors"))
+            torch.save(engine.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(
+                {"ranks": rng_per_rank, **engine.state_dict()},
+                tmp / "rng.pt",
+            )
+            state = {"step": step, "sampler": sampler.state_dict(), "kl_ctl": engine.kl_ctl.state_dict()}
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            lm = policy.lm
+            is_peft = hasattr(lm, "peft_config")
+            if is_peft:
+                lm.save_pretrained(str(tmp / "adapter"))
+            if merged or not is_peft:
+                # Final: merge in place (training is over). Mid-run: merge a copy, so training weights stay exact.
+                target = lm if final else copy.deepcopy(lm)
+                plain = target.merge_and_unload() if is_peft else target
+                plain.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            fmt.save(tmp)
+    accelerator.wait_for_everyone()
+
+
+def find_latest(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``output_dir`` (``step_N`` or ``final``), or None."""
+    best: tuple[int, Path] | None = None
+    for path in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
+        if path.is_dir() and (path.name.startswith("step_") or path.name == "final") and is_complete(path):
+            step = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8")).get("step", -1)
+            if best is None or step > best[0]:
+                best = (step, path)
+    return best[1] if best else None
+
+
+def resolve_checkpoint(value: str | None, output_dir: str | Path) -> Path | None:
+    """``--resume_from_checkpoint PATH|latest`` -> a complete checkpoint folder, or None to start fresh."""
+    if not value:
+        return None
+    if value == "latest":
+        return find_latest(output_dir)
+    path = Path(value)
+    if not is_complete(path):
+        raise UsageError(f"--resume_from_checkpoint {value}: not a complete PPO checkpoint (no {COMPLETE_MARKER})")
+    return path
+
+
+def load_checkpoint(folder: Path, accelerator: Any, engine: Any, sampler: Any) -> int:
+    """Restore weights, optimizer, generators and data position; returns the step to continue from."""
+    policy = engine.unwrapped
+    saved = load_file(str(folder / "trainable_state.safetensors"))
+    expected = {n for n, p in policy.named_parameters() if p.requires_grad}
+    if set(saved) != expected:
+        missing = sorted(expected - set(saved))[:3]
+        raise UsageError(f"--resume_from_checkpoint {folder}: trained parameters do not match this run "
+                         f"(e.g. missing {missing}); same --peft/--lora_* flags are needed")
+    with torch.no_grad():
+        params = dict(policy.named_parameters())
+        for name, tensor in saved.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    engine.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    engine.load_state_dict(rng)
+    ranks = rng["ranks"]
+    mine = ranks[accelerator.process_index] if accelerator.process_index < len(ranks) else ranks[0]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    sampler.load_state_dict(state["sampler"])
+    engine.kl_ctl.load_state_dict(state["kl_ctl"])
+    return int(state["step"])

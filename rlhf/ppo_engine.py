@@ -1,0 +1,519 @@
+"""The PPO loop for language models on accelerate: rollout, score, KL-penalise, GAE, clipped updates, checkpoints.
+
+The math lives in ``rlhf.ppo_math`` as pure functions; this module only orchestrates them. One step:
+
+    1. rollout    generate a response for each prompt (left-padded prompts, temperature sampling, stop at EOS)
+    2. forward    one no-grad policy forward -> old log-probs and values; one reference forward -> reference
+                  log-probs; one reward-model forward -> scores
+    3. rewards    score at the last response token minus kl_coef * per-token KL; GAE advantages and returns
+    4. update     ppo_epochs passes over shuffled minibatches with clipped policy and value losses
+    5. KL control adapt the KL coefficient to the measured KL (all ranks agree: stats are all-reduced)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlhf.ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae_advantages,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    missing_eos_penalty,
+    normalize_scores,
+    sample_response_length,
+    truncate_after_eos,
+)
+from rlhf.ppo_models import PolicyWithValue, RewardScorer, adapter_disabled, position_ids_from_mask, response_logprobs
+
+logger = logging.getLogger("rlhf.ppo")
+
+MIN_RESPONSE_LENGTH = 32  # lower bound of the reference's LengthSampler(32, output_max_length)
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters. Names and defaults follow the reference example where it had them."""
+
+    learning_rate: float = field(default=1.41e-5, metadata={"help": "Adam learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per PPO step on each process (rollout size)."})
+    mini_batch_size: int = field(default=1, metadata={"help": "Sequences per forward/backward in the update."})
+    gradient_accumulation_steps: int = field(
+        default=4, metadata={"help": "Minibatches whose gradients are summed before one optimizer step."}
+    )
+    ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    steps: int = field(
+        default=20000,
+        metadata={"help": "Total episodes (prompts) to train on across all processes; PPO steps = "
+                  "ceil(steps / (batch_size * processes)), as in the reference."},
+    )
+    init_kl_coef: float = field(default=0.2, metadata={"help": "Initial KL penalty coefficient."})
+    adap_kl_ctrl: bool = field(default=True, metadata={"help": "Adapt the KL coefficient toward --kl_target."})
+    kl_target: float = field(default=6.0, metadata={"help": "Target KL (nats per sequence) of the adaptive control."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL control."})
+    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimator: k1 (log ratio) or k3."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip range."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip the gradient norm (off by default)."})
+    ratio_threshold: float = field(
+        default=10.0, metadata={"help": "Skip a minibatch whose mean probability ratio exceeds this (loss spikes)."}
+    )
+    early_stopping: bool = field(
+        default=False, metadata={"help": "Stop the PPO epochs of a step once approx KL > 1.5 * --target_kl."}
+    )
+    target_kl: float = field(default=0.1, metadata={"help": "KL threshold of --early_stopping."})
+    adafactor: bool = field(default=False, metadata={"help": "Use Adafactor instead of Adam."})
+    reward_baseline: float = field(default=0.0, metadata={"help": "Subtracted from every reward-model score."})
+    normalize_rewards: bool = field(
+        default=False,
+        metadata={"help": "Normalise scores with the mean/std the reward-model stage saved (reward_stats.json)."},
+    )
+    reward_clip: float | None = field(default=None, metadata={"help": "Clip (normalised) scores to [-c, c]."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Added to the score of a response that did not end with EOS (e.g. -1)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs use the same)."})
+    output_max_length: int = field(
+        default=128,
+        metadata={"help": "Response length is drawn uniformly from [32, output_max_length) per generation batch, "
+                  "like the reference; see --response_length."},
+    )
+    response_length: int | None = field(
+        default=None, metadata={"help": "Fixed response length (max new tokens) instead of the sampled one."}
+    )
+    max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped and counted."})
+    forward_batch_size: int | None = field(
+        default=None, metadata={"help": "Sequences per no-grad forward in the rollout (default: the whole batch)."}
+    )
+    static_shapes: bool = field(
+        default=False,
+        metadata={"help": "Pad prompts to --max_prompt_length and responses to the response length, so every step "
+                  "has the same tensor shapes (needed for Gaudi graphs; works everywhere)."},
+    )
+    stop_on_nonfinite: bool = field(
+        default=False,
+        metadata={"help": "Stop on a NaN/inf loss or reward instead of skipping that minibatch/step (default: skip "
+                  "and log it)."},
+    )
+
+    def validate(self, world_size: int = 1) -> None:
+        """Raise ValueError naming the flag for contradictory or out-of-range values."""
+        positive = ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "steps",
+                    "max_prompt_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
+        backward = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % backward:
+            raise ValueError(
+                f"--batch_size {self.batch_size} must be a multiple of --mini_batch_size x "
+                f"--gradient_accumulation_steps = {self.mini_batch_size} x {self.gradient_accumulation_steps}"
+            )
+        if self.response_length is not None:
+            if self.response_length < 1:
+                raise ValueError(f"--response_length: expected a positive integer, got {self.response_length}")
+        elif self.output_max_length <= MIN_RESPONSE_LENGTH:
+            raise ValueError(
+                f"--output_max_length {self.output_max_length}: the sampled response length is drawn from "
+                f"[{MIN_RESPONSE_LENGTH}, output_max_length), so it must be > {MIN_RESPONSE_LENGTH} (or set "
+                "--response_length)"
+            )
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"--kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature: expected > 0, got {self.temperature}")
+        for name in ("learning_rate", "cliprange", "cliprange_value", "target_kl", "kl_target", "kl_horizon"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
+
+    def num_steps(self, world_size: int) -> int:
+        return math.ceil(self.steps / (self.batch_size * world_size))
+
+
+class PromptSampler:
+    """Deterministic, resumable order over prompts: a fresh permutation per pass, each rank its own slice."""
+
+    def __init__(self, n: int, per_rank: int, world_size: int, rank: int, seed: int) -> None:
+        self.n, self.per_rank, self.world, self.rank, self.seed = n, per_rank, world_size, rank, seed
+        self.epoch, self.offset = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def next_batch(self) -> list[int]:
+        """Indices of this rank's prompts for the next step (the global batch wraps into the next pass)."""
+        need = self.per_rank * self.world
+        chosen: list[int] = []
+        while len(chosen) < need:
+            take = min(need - len(chosen), self.n - self.offset)
+            chosen.extend(self._order[self.offset : self.offset + take])
+            self.offset += take
+            if self.offset == self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+        return chosen[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._order = self._permutation()
+
+
+@dataclass
+class Rollout:
+    """One PPO batch. Sequences are ``(B, P + T)``: left-padded prompt of width P, right-padded response of T."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    prompt_width: int
+    response_mask: Tensor  # (B, T)
+    logprobs: Tensor  # (B, T)
+    ref_logprobs: Tensor  # (B, T)
+    values: Tensor  # (B, T)
+    scores: Tensor  # (B,) after baseline/normalisation/penalty
+    raw_scores: Tensor  # (B,) as the reward model gave them
+    rewards: Tensor  # (B, T)
+    kl: Tensor  # (B, T)
+    advantages: Tensor  # (B, T), whitened
+    returns: Tensor  # (B, T)
+    has_eos: Tensor  # (B,)
+    entropy: Tensor  # (B, T)
+    responses: list[str]
+
+
+class PPOEngine:
+    """Runs PPO steps for a ``PolicyWithValue`` prepared by an accelerate ``Accelerator``."""
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        accelerator: Any,
+        policy: PolicyWithValue,
+        optimizer: torch.optim.Optimizer,
+        tokenizer: Any,
+        scorer: RewardScorer,
+        ref_model: torch.nn.Module | None,
+        reward_stats: dict[str, float] | None,
+        seed: int,
+    ) -> None:
+        self.config, self.accelerator, self.policy, self.optimizer = config, accelerator, policy, optimizer
+        self.tokenizer, self.scorer, self.ref_model = tokenizer, scorer, ref_model
+        self.reward_stats = reward_stats
+        if config.adap_kl_ctrl:
+            self.kl_ctl: Any = AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
+        else:
+            self.kl_ctl = FixedKLController(config.init_kl_coef)
+        # Same seed on every rank: all ranks draw the same response length, so shapes agree across processes.
+        self.length_generator = torch.Generator().manual_seed(seed)
+        self.shuffle_generator = torch.Generator().manual_seed(seed + 1)
+        self.timers: dict[str, float] = defaultdict(float)
+        self.forward_calls: dict[str, int] = defaultdict(int)
+        self.first_minibatch_max_abs_logratio: float | None = None
+        self.eos_ids = tokenizer.eos_token_id
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def unwrapped(self) -> PolicyWithValue:
+        return self.accelerator.unwrap_model(self.policy)
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timers[name] += time.perf_counter() - start
+
+    def response_length(self) -> int:
+        if self.config.response_length is not None:
+            return self.config.response_length
+        return sample_response_length(self.length_generator, MIN_RESPONSE_LENGTH, self.config.output_max_length)
+
+    def _chunks(self, n: int) -> list[slice]:
+        size = self.config.forward_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ rollout
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[Tensor, Tensor, int]:
+        """Sample responses. Returns left-padded prompts ``(B, P)``, their mask, and responses ``(B, T)``."""
+        from transformers import GenerationConfig
+
+        device = self.accelerator.device
+        pad = self.tokenizer.pad_token_id
+        width = self.config.max_prompt_length if self.config.static_shapes else max(len(p) for p in prompts)
+        prompt_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            prompt_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            prompt_mask[row, width - len(ids) :] = 1
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        gen_config = GenerationConfig(
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=self.config.temperature,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            eos_token_id=self.eos_ids,
+            pad_token_id=pad,
+        )
+        lm = self.unwrapped.lm
+        out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+        responses = out[:, width:]
+        if self.config.static_shapes and responses.shape[1] < max_new_tokens:
+            fill = torch.full((responses.shape[0], max_new_tokens - responses.shape[1]), pad, device=device)
+            responses = torch.cat([responses, fill.to(responses.dtype)], dim=1)
+        return prompt_ids, prompt_mask, responses
+
+    @torch.no_grad()
+    def policy_forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, width: int):
+        """Old log-probs, values and entropy of the response tokens: one policy forward per chunk."""
+        logprobs, values, entropy = [], [], []
+        for part in self._chunks(input_ids.shape[0]):
+            self.forward_calls["policy"] += 1
+            logits, vals = self.policy(input_ids[part], attention_mask[part], position_ids[part])
+            lp, ent = response_logprobs(logits, input_ids[part], width, self.config.temperature)
+            logprobs.append(lp)
+            values.append(vals[:, width - 1 : -1])
+            entropy.append(ent)
+        return torch.cat(logprobs), torch.cat(values), torch.cat(entropy)
+
+    @torch.no_grad()
+    def reference_forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, width: int):
+        """Log-probs of the response under the reference: the adapter switched off, or the frozen copy."""
+        out = []
+        for part in self._chunks(input_ids.shape[0]):
+            self.forward_calls["reference"] += 1
+            if self.ref_model is None:
+                lm = self.unwrapped.lm
+                with adapter_disabled(lm):
+                    logits = lm(input_ids=input_ids[part], attention_mask=attention_mask[part],
+                                position_ids=position_ids[part], use_cache=False).logits
+            else:
+                logits = self.ref_model(input_ids=input_ids[part], attention_mask=attention_mask[part],
+                                        position_ids=position_ids[part], use_cache=False).logits
+            out.append(response_logprobs(logits, input_ids[part], width, self.config.temperature)[0])
+        return torch.cat(out)
+
+    def rollout(self, batch: list[dict[str, Any]]) -> Rollout:
+        cfg = self.config
+        self.policy.eval()  # dropout off for rollout and update alike: log-probs must not depend on a mask
+        start = time.perf_counter()
+        prompt_ids, prompt_mask, raw_responses = self.generate([b["prompt_ids"] for b in batch],
+                                                                self.response_length())
+        self._timed("generate", start)
+
+        eos = self.eos_ids if isinstance(self.eos_ids, list) else [self.eos_ids]
+        responses, response_mask, has_eos = truncate_after_eos(raw_responses, eos, self.tokenizer.pad_token_id)
+        width = prompt_ids.shape[1]
+        input_ids = torch.cat([prompt_ids, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
+        position_ids = position_ids_from_mask(attention_mask)
+        response_mask = response_mask.bool()
+
+        start = time.perf_counter()
+        logprobs, values, entropy = self.policy_forward(input_ids, attention_mask, position_ids, width)
+        self._timed("policy_forward", start)
+        start = time.perf_counter()
+        ref_logprobs = self.reference_forward(input_ids, attention_mask, position_ids, width)
+        self._timed("reference", start)
+
+        start = time.perf_counter()
+        texts = [
+            self.tokenizer.decode(ids[mask], skip_special_tokens=False)
+            for ids, mask in zip(responses.cpu(), response_mask.cpu(), strict=True)
+        ]
+        self.forward_calls["reward"] += 1
+        raw_scores = self.scorer([b["system"] for b in batch], [b["question"] for b in batch], texts).to(
+            logprobs.device
+        )
+        self._timed("score", start)
+
+        mean = std = None
+        if cfg.normalize_rewards and self.reward_stats:
+            mean, std = self.reward_stats["mean"], self.reward_stats["std"]
+        scores = normalize_scores(raw_scores, mean, std, cfg.reward_clip, cfg.reward_baseline)
+        scores = missing_eos_penalty(scores, has_eos.to(scores.device), cfg.missing_eos_penalty)
+
+        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value,
+                                           cfg.kl_estimator)
+        advantages, returns = gae_advantages(values, rewards, response_mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, response_mask)
+        return Rollout(
+            input_ids, attention_mask, position_ids, width, response_mask, logprobs, ref_logprobs, values, scores,
+            raw_scores, rewards, kl, advantages, returns, has_eos, entropy, texts,
+        )
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, ro: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped PPO over shuffled minibatches; returns averaged statistics."""
+        cfg = self.config
+        n = ro.input_ids.shape[0]
+        backward_size = cfg.mini_batch_size * cfg.gradient_accumulation_steps
+        stats: dict[str, list[float]] = defaultdict(list)
+        early_stopped = skipped_ratio = skipped_nonfinite = 0
+        self.first_minibatch_max_abs_logratio = None
+        self.policy.eval()
+        start = time.perf_counter()
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.shuffle_generator).to(ro.input_ids.device)
+            for b_start in range(0, n, backward_size):
+                approx_kls = []
+                for m_start in range(b_start, b_start + backward_size, cfg.mini_batch_size):
+                    idx = order[m_start : m_start + cfg.mini_batch_size]
+                    mask = ro.response_mask[idx]
+                    logits, values = self.policy(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx])
+                    logprobs, entropy = response_logprobs(logits, ro.input_ids[idx], ro.prompt_width,
+                                                          cfg.temperature)
+                    values = values[:, ro.prompt_width - 1 : -1]
+                    if self.first_minibatch_max_abs_logratio is None:
+                        diff = (logprobs - ro.logprobs[idx]).detach().abs()
+                        self.first_minibatch_max_abs_logratio = diff[mask].max().item()
+                    pg_loss, pg_stats = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask,
+                                                            cfg.cliprange)
+                    vf_loss, vf_stats = clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask,
+                                                           cfg.cliprange_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    if not torch.isfinite(loss):
+                        if cfg.stop_on_nonfinite:
+                            raise FloatingPointError("non-finite PPO loss (--stop_on_nonfinite)")
+                        skipped_nonfinite += 1
+                        loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keep DDP's collective count aligned
+                    elif pg_stats["ratio_mean"] > cfg.ratio_threshold:
+                        skipped_ratio += 1
+                        loss = loss * 0.0
+                    self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                    approx_kls.append(pg_stats["approxkl"].item())
+                    stats["loss/policy"].append(pg_loss.item())
+                    stats["loss/value"].append(vf_loss.item())
+                    stats["loss/total"].append(loss.item())
+                    stats["policy/approxkl"].append(pg_stats["approxkl"].item())
+                    stats["policy/clipfrac"].append(pg_stats["clipfrac"].item())
+                    stats["policy/entropy"].append(masked_mean(entropy, mask).item())
+                    stats["val/ratio"].append(pg_stats["ratio_mean"].item())
+                    stats["val/ratio_max"].append(pg_stats["ratio_max"].item())
+                    stats["val/clipfrac"].append(vf_stats["vf_clipfrac"].item())
+                    stats["val/vpred"].append(masked_mean(values.detach(), mask).item())
+                    stats["val/error"].append(masked_mean((values.detach() - ro.returns[idx]) ** 2, mask).item())
+                self._clip_and_step()
+                if cfg.early_stopping:
+                    kl_now = self._mean_across_ranks(sum(approx_kls) / len(approx_kls))
+                    if kl_now > 1.5 * cfg.target_kl:
+                        early_stopped = 1
+                        break
+            if early_stopped:
+                break
+        self._timed("update", start)
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["ppo/early_stopped"] = float(early_stopped)
+        out["ppo/skipped_minibatches_ratio"] = float(skipped_ratio)
+        out["ppo/skipped_minibatches_nonfinite"] = float(skipped_nonfinite)
+        out["policy/first_minibatch_max_abs_logratio"] = self.first_minibatch_max_abs_logratio or 0.0
+        return out
+
+    def _clip_and_step(self) -> None:
+        if self.config.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _mean_across_ranks(self, value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="mean").item()
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, batch: list[dict[str, Any]]) -> tuple[dict[str, float], Rollout]:
+        """Rollout + update + KL-controller update; statistics are averaged over all processes."""
+        self.timers.clear()
+        start = time.perf_counter()
+        ro = self.rollout(batch)
+        kl_coef = self.kl_ctl.value
+        local = rollout_stats(ro, kl_coef)
+        local.update(self.update(ro))
+        local.update({f"time/ppo/{k}": v for k, v in self.timers.items()})
+        local["time/ppo/total"] = time.perf_counter() - start
+        stats = self._reduce_stats(local)
+        if not math.isfinite(stats["objective/scores"]):
+            raise FloatingPointError("non-finite reward-model score")
+        # Every rank feeds the same all-reduced KL, so the coefficient stays identical across processes.
+        self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
+        stats["objective/kl_coef"] = kl_coef
+        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        return stats, ro
+
+    def _reduce_stats(self, local: dict[str, float]) -> dict[str, float]:
+        keys = sorted(local)
+        tensor = torch.tensor([local[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        tensor = self.accelerator.reduce(tensor, reduction="mean")
+        return dict(zip(keys, tensor.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ state for exact resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "length_generator": self.length_generator.get_state(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.length_generator.set_state(state["length_generator"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+
+
+def rollout_stats(ro: Rollout, kl_coef: float) -> dict[str, float]:
+    """Per-batch rollout statistics named like TRL's PPO metrics."""
+    mask = ro.response_mask
+    kl_sum = (ro.kl * mask).sum(1)
+    lengths = mask.sum(1).float()
+    return {
+        "objective/kl": kl_sum.mean().item(),
+        "objective/entropy": (-(ro.logprobs * mask)).sum(1).mean().item(),
+        "objective/token_entropy": masked_mean(ro.entropy, mask).item(),
+        "objective/scores": ro.raw_scores.mean().item(),
+        "objective/non_score_reward": (-kl_coef * kl_sum).mean().item(),
+        "objective/rlhf_reward": (ro.scores - kl_coef * kl_sum).mean().item(),
+        "env/reward_mean": ro.scores.mean().item(),
+        "env/reward_std": ro.scores.std(unbiased=False).item(),
+        "returns/mean": masked_mean(ro.returns, mask).item(),
+        "val/num_eos_tokens": ro.has_eos.float().sum().item(),
+        "val/eos_rate": ro.has_eos.float().mean().item(),
+        "tokens/responses_len_mean": lengths.mean().item(),
+    }
+
+
+def write_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows logged after ``last_step`` (a resumed run re-logs them), keeping the file one clean history."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

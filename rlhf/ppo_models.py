@@ -1,0 +1,95 @@
+"""The networks PPO works with: policy + value head (one forward for both), reference log-probs, reward scoring."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rlhf.ppo_math import entropy_from_logits, logprobs_from_logits
+from rlhf.prompt_format import PromptFormat
+from rlhf.reward import score_sequences
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM with a scalar value head on its last hidden state.
+
+    ``forward`` returns the logits and the values of the same pass, so a PPO minibatch costs one forward of the
+    network. The head starts near zero so early value losses do not swamp the policy gradient ("The N
+    Implementation Details of RLHF with PPO", Huang et al. 2024).
+    """
+
+    def __init__(self, lm: nn.Module, value_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else (
+            lm.config.hidden_size
+        )
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.value_head.weight, std=1e-3 / hidden**0.5)
+        nn.init.zeros_(self.value_head.bias)
+        self.value_head.float()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Shapes: ``(B, L)`` in; logits ``(B, L, V)`` and values ``(B, L)`` (float32) out."""
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        hidden = out.hidden_states[-1]
+        values = self.value_head(hidden.float()).squeeze(-1)
+        return out.logits, values
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that start at 0 at the first real token, for left-padded rows, shape ``(B, L)``."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    logits: Tensor, input_ids: Tensor, prompt_width: int, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of the response tokens (those after ``prompt_width``) and the per-token entropy, ``(B, T)`` each.
+
+    The logits are divided by the sampling temperature, so these are the log-probs of the distribution the tokens
+    were actually drawn from.
+    """
+    response_logits = logits[:, prompt_width - 1 : -1]
+    labels = input_ids[:, prompt_width:]
+    return (
+        logprobs_from_logits(response_logits, labels, temperature),
+        entropy_from_logits(response_logits.detach(), temperature),
+    )
+
+
+def adapter_disabled(model: nn.Module) -> Any:
+    """Context in which a PEFT model computes with its base weights only (the frozen reference policy)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else nullcontext()
+
+
+class RewardScorer:
+    """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, batch_size: int = 16) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.batch_size = batch_size
+
+    def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
+        from rlhf.data import encode_completion, encode_text
+
+        prompt = self.fmt.render_prompt(system, question, self.tokenizer)
+        return encode_text(self.tokenizer, prompt, self.fmt) + encode_completion(self.tokenizer, response_text)
+
+    @torch.no_grad()
+    def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
+        """Scores, shape ``(B,)`` float32. ``responses`` end with the EOS text when the policy stopped."""
+        sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
+        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))
