@@ -130,3 +130,15 @@ def adopt_mpi_environment(environ: dict[str, str] | None = None) -> None:
             env.setdefault("MASTER_ADDR", "127.0.0.1")
             env.setdefault("MASTER_PORT", "29500")
             return
+
+
+def bf16_is_fast() -> bool:
+    """Whether bf16 training pays off here: CUDA with bf16 support, or a CPU with native bf16 (AVX512-BF16/AMX).
+
+    On CPUs without them bf16 matmuls are emulated and several times slower than fp32, so the default stays fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)

@@ -1,0 +1,140 @@
+"""Run the stages as separate processes, each stage's output feeding the next: SFT -> reward model -> PPO.
+
+    python -m rlhf.pipeline --config configs/demo.json [--force] [--from_stage rm] [--output out/demo]
+
+Each stage's exact command line is printed before it runs, so any stage can be rerun by hand. A stage whose
+output is already complete (``COMPLETE.json``) is skipped; ``--force`` reruns everything, ``--from_stage S`` reruns
+S and the stages after it. The stage scripts are the source of truth: this runner owns no training logic.
+
+The config is JSON: ``model`` (base model: hub name or folder), ``dataset``, ``output`` (folder), and per stage a
+list of extra flags (``sft``, ``rm``, ``ppo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("sft", "rm", "ppo")
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    output: Path  # the folder whose COMPLETE.json says the stage is done
+    clean: Path  # what to remove before a forced rerun
+
+
+def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
+    """The command line of every stage, from the config."""
+    out = Path(config["output"])
+    model, data = config["model"], config["dataset"]
+    sft, rm, ppo = out / "sft", out / "rm", out / "ppo"
+    return [
+        Stage("sft", [python, str(ROOT / "sft.py"), "--model_name_or_path", model, "--dataset_name", data,
+                      "--output_dir", str(sft), "--overwrite_output_dir", *config.get("sft", [])], sft, sft),
+        Stage("rm", [python, str(ROOT / "reward_modeling.py"), "--model_name_or_path", str(sft), "--dataset_name",
+                     data, "--output_dir", str(rm), "--overwrite_output_dir", *config.get("rm", [])], rm, rm),
+        Stage("ppo", [python, str(ROOT / "rl_training.py"), "--model_name", str(sft), "--reward_model_name", str(rm),
+                      "--dataset_name", data, "--output_dir", str(ppo), *config.get("ppo", [])], ppo / "final", ppo),
+    ]
+
+
+def is_done(stage: Stage) -> bool:
+    return (stage.output / "COMPLETE.json").is_file()
+
+
+def run_stage(stage: Stage, log_dir: Path, tail_lines: int = 25) -> tuple[int, list[str]]:
+    """Run one stage, streaming its output to the console and to ``log_dir/<stage>.log``.
+
+    Returns the exit code and the last lines of the log (for the failure report).
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=tail_lines)
+    partial = ""
+    with (log_dir / f"{stage.name}.log").open("wb") as log:
+        proc = subprocess.Popen(stage.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+        assert proc.stdout is not None
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+            text = partial + chunk.decode("utf-8", "replace").replace("\r", "\n")
+            *lines, partial = text.split("\n")
+            tail.extend(line for line in lines if line.strip())
+        code = proc.wait()
+    if partial.strip():
+        tail.append(partial)
+    return code, list(tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="JSON config (see configs/demo.json)")
+    parser.add_argument("--model", help="override the config's base model")
+    parser.add_argument("--dataset", help="override the config's dataset")
+    parser.add_argument("--output", help="override the config's output folder")
+    parser.add_argument("--force", action="store_true", help="rerun every stage even if its output is complete")
+    parser.add_argument("--from_stage", choices=STAGES, help="rerun this stage and every stage after it")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to consider")
+    args = parser.parse_args(argv)
+
+    try:
+        config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"error: --config {args.config}: {err}", file=sys.stderr)
+        return 2
+    for key in ("model", "dataset", "output"):
+        if getattr(args, key):
+            config[key] = getattr(args, key)
+        if key not in config:
+            print(f"error: --config {args.config}: missing key '{key}'", file=sys.stderr)
+            return 2
+    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        print(f"error: --stages: unknown stage(s) {', '.join(unknown)} (choose from {', '.join(STAGES)})",
+              file=sys.stderr)
+        return 2
+
+    log_dir = Path(config["output"]) / "logs"
+    rerun_from = STAGES.index(args.from_stage) if args.from_stage else len(STAGES)
+    started = time.time()
+    for index, stage in enumerate(build_stages(config)):
+        if stage.name not in wanted:
+            continue
+        banner = f"== stage {index + 1}/{len(STAGES)}: {stage.name} "
+        print("\n" + banner + "=" * max(0, 78 - len(banner)), flush=True)
+        print("$ " + shlex.join(stage.argv), flush=True)
+        if is_done(stage) and not args.force and index < rerun_from:
+            print(f"   skipped: {stage.output} is complete (--force or --from_stage {stage.name} to redo)", flush=True)
+            continue
+        if stage.clean.exists():
+            shutil.rmtree(stage.clean)
+        t0 = time.time()
+        code, tail = run_stage(stage, log_dir)
+        if code != 0:
+            print(f"\nPIPELINE FAILED at stage '{stage.name}' (exit code {code})", file=sys.stderr)
+            print("command: " + shlex.join(stage.argv), file=sys.stderr)
+            print(f"log: {log_dir / (stage.name + '.log')}; last lines:", file=sys.stderr)
+            for line in tail:
+                print("  | " + line, file=sys.stderr)
+            return code if code > 0 else 1
+        print(f"   {stage.name} done in {time.time() - t0:.0f} s", flush=True)
+    print(f"\npipeline finished in {time.time() - started:.0f} s; outputs in {config['output']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
