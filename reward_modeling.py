@@ -18,15 +18,24 @@ The output folder loads with ``AutoModelForSequenceClassification``.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from transformers import HfArgumentParser
 from trl import RewardConfig
 
-from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
 from rlhf.checkpoint import resolve_resume, start_output
-from rlhf.cli import HubArguments, UsageError, cpu_only, parse_dataclasses, run_main, setup_logging
+from rlhf.cli import (
+    HubArguments,
+    UsageError,
+    cpu_only,
+    drop_debug_switch,
+    parse_dataclasses,
+    run_main,
+    setup_logging,
+)
 from rlhf.data import DataArguments, encode_split, load_pairs, reward_features
 from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
@@ -46,9 +55,10 @@ class ScriptArguments:
     model_name_or_path: str = field(metadata={"help": "Model to turn into a reward model (base or SFT folder)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     torch_dtype: str = field(
-        default="bfloat16",
-        metadata={"help": "Weights dtype when loading: bfloat16 (reference default), float16, float32, auto. "
-                  "Trainable parameters (LoRA, score head) are kept in float32."},
+        default="bfloat16" if bf16_is_fast() else "float32",
+        metadata={"help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default bfloat16 like the "
+                  "reference where bf16 is native, float32 on CPUs that would emulate it. Trainable parameters "
+                  "(LoRA, score head) are kept in float32."},
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
@@ -68,6 +78,11 @@ class RewardArguments(RewardConfig):
 
     output_dir: str = field(default="out/rm", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
+    bf16: bool | None = field(
+        default=bf16_is_fast(),
+        metadata={"help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
+                  "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."},
+    )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
     )
@@ -87,6 +102,9 @@ class RewardLoraArguments(LoraArguments):
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
     adopt_mpi_environment()
+    # TRL's own default (gradient_checkpointing=True) trips transformers 5's rename warning on every run.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
     parser = HfArgumentParser(
         (ScriptArguments, DataArguments, RewardLoraArguments, HubArguments, BackendArguments, RewardArguments)
     )

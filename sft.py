@@ -16,14 +16,24 @@ last, ``COMPLETE.json``. Every flag is documented by ``python sft.py --help``.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 from trl import SFTConfig
 
-from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
 from rlhf.checkpoint import resolve_resume, start_output
-from rlhf.cli import HubArguments, UsageError, cpu_only, parse_bool, parse_dataclasses, run_main, setup_logging
+from rlhf.cli import (
+    HubArguments,
+    UsageError,
+    cpu_only,
+    drop_debug_switch,
+    parse_bool,
+    parse_dataclasses,
+    run_main,
+    setup_logging,
+)
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
 from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
@@ -60,6 +70,11 @@ class SFTArguments(SFTConfig):
 
     output_dir: str = field(default="out/sft", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
+    bf16: bool | None = field(
+        default=bf16_is_fast(),
+        metadata={"help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
+                  "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     max_length: int | None = field(
         default=1024, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
@@ -69,6 +84,9 @@ class SFTArguments(SFTConfig):
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
     adopt_mpi_environment()
+    # TRL's own default (gradient_checkpointing=True) trips transformers 5's rename warning on every run.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
     parser = HfArgumentParser(
         (ScriptArguments, DataArguments, LoraArguments, HubArguments, BackendArguments, SFTArguments)
     )

@@ -36,6 +36,24 @@ def wants_traceback(argv: list[str]) -> bool:
     return False
 
 
+def drop_debug_switch(argv: list[str] | None) -> list[str]:
+    """``argv`` without a bare ``--debug`` (this project's traceback switch, read by ``run_main``).
+
+    The Trainer's own ``--debug <features>`` takes values and is left alone; without this, a bare ``--debug`` on a
+    Trainer-based script is an argparse error.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    out = []
+    for i, arg in enumerate(args):
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in ("--debug=True", "--debug=true") or (
+            arg == "--debug" and (following is None or following.startswith("-"))
+        ):
+            continue
+        out.append(arg)
+    return out
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a script's ``main`` and turn user errors into one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else argv

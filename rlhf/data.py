@@ -46,7 +46,7 @@ class DataArguments:
     rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred answer."})
     validation_split_percentage: float = field(
         default=2,
-        metadata={"help": "Percentage of rows held out for evaluation: the FIRST N% of the rows, as in the "
+        metadata={"help": "Percentage of rows held out for evaluation: the FIRST N percent of the rows, as in the "
                   "reference example."},
     )
     prompt_template: str = field(
@@ -112,6 +112,8 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     if isinstance(obj, dict):
         # {"train": [...]} or {"data": [...]}: the one list of objects inside.
         lists = [v for v in obj.values() if isinstance(v, list)]
+        if not lists:
+            return [obj]  # a single row: one line of JSON Lines saved with a .json name
         if len(lists) != 1:
             raise UsageError(f"{path}: expected a list of objects (or an object holding exactly one such list)")
         obj = lists[0]

@@ -100,4 +100,5 @@ def resolve_prompt_format(choice: str, tokenizer: Any, model_path: str | None) -
         raise UsageError("--prompt_template chat: the tokenizer has no chat template; use plain or raw")
     if choice == "auto":
         choice = "chat" if template else "plain"
-    return PromptFormat(kind=choice, eos_token=tokenizer.eos_token, chat_template=template if choice == "chat" else None)
+    chat_template = template if choice == "chat" else None
+    return PromptFormat(kind=choice, eos_token=tokenizer.eos_token, chat_template=chat_template)

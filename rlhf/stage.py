@@ -34,17 +34,21 @@ def protect_secrets(hub: HubArguments, train_args: Any | None = None) -> None:
     ``--use_auth_token`` is a no-op switch in the reference command line; if someone passes a token there, it is
     treated as the token.
     """
+    if hub.use_auth_token and hub.use_auth_token.lower() in BOOL_WORDS:
+        logger.warning(
+            "--use_auth_token %s has no effect here: --hf_access_token or the hub login is used", hub.use_auth_token
+        )
     if hub.use_auth_token and hub.use_auth_token.lower() not in BOOL_WORDS and not hub.hf_access_token:
         hub.hf_access_token = hub.use_auth_token
     secrets = [hub.hf_access_token]
     if hub.use_auth_token and hub.use_auth_token.lower() not in BOOL_WORDS:
         secrets.append(hub.use_auth_token)
     hide_token_from_environment(hub.hf_access_token)
-    scrub_argv(secrets)
     if train_args is not None and getattr(train_args, "hub_token", None):
         secrets.append(train_args.hub_token)
         hide_token_from_environment(train_args.hub_token)
         train_args.hub_token = None
+    scrub_argv(secrets)
     hub.use_auth_token = None
 
 

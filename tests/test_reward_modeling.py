@@ -1,0 +1,213 @@
+"""reward_modeling.py: strict metrics, saved reward statistics, the reference command line, CLI errors, torchrun."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import socket
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import run_script
+from rlhf.checkpoint import COMPLETE_MARKER
+from rlhf.cli import run_main
+from rlhf.data import Pair, encode_pairs, reward_features
+from rlhf.prompt_format import PromptFormat
+from rlhf.reward import (
+    STATS_FILE,
+    load_reward_stats,
+    preference_metrics,
+    reward_stats,
+    save_reward_stats,
+    score_sequences,
+)
+from tiny import write_rows
+
+TOKEN = "hf_TESTtokenQ8zR3xV1k9mN"
+
+
+def arithmetic_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        j = i % 7
+        system = "You answer sums." if i % 3 == 0 else ""
+        question, chosen, rejected = f"What is {i} plus {j}?", f"{i} plus {j} is {i + j}.", f"It is {i + j + 3}."
+        rows.append({"system": system, "question": question, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics on hand-made scores
+
+
+def test_preference_metrics_count_ties_as_wrong():
+    chosen = torch.tensor([3.0, 1.0, 2.0, 0.5])
+    rejected = torch.tensor([1.0, 1.0, 5.0, 0.0])  # margins 2, 0 (tie), -3, 0.5
+    metrics = preference_metrics(chosen, rejected)
+    assert metrics["accuracy"] == 0.5 and metrics["tie_rate"] == 0.25 and metrics["pairs"] == 4
+    assert metrics["margin_mean"] == pytest.approx(-0.125)
+    margins = [2.0, 0.0, -3.0, 0.5]
+    assert metrics["margin_std"] == pytest.approx(math.sqrt(sum((m + 0.125) ** 2 for m in margins) / 4))
+
+
+def test_a_constant_reward_model_scores_zero_accuracy():
+    metrics = preference_metrics(torch.full((5,), 0.7), torch.full((5,), 0.7))
+    assert metrics["accuracy"] == 0.0 and metrics["tie_rate"] == 1.0 and metrics["margin_mean"] == 0.0
+
+
+def test_preference_metrics_reject_empty_or_mismatched_input():
+    with pytest.raises(ValueError):
+        preference_metrics(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError):
+        preference_metrics(torch.zeros(3), torch.zeros(2))
+
+
+def test_reward_stats_are_population_mean_and_std_and_round_trip(tmp_path):
+    stats = reward_stats(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert stats == {"mean": 2.5, "std": pytest.approx(math.sqrt(1.25)), "n": 4}
+    assert load_reward_stats(tmp_path) is None
+    save_reward_stats(tmp_path, stats)
+    assert load_reward_stats(tmp_path) == stats and (tmp_path / STATS_FILE).is_file()
+
+
+def test_scores_do_not_depend_on_right_padding(tiny_dir):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).train()
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    short = tok("2 plus 3 is 5.<|im_end|>")["input_ids"]
+    long = tok("The capital of France is Paris. The capital of Italy is Rome.<|im_end|>")["input_ids"]
+    alone = score_sequences(model, [short], tok.pad_token_id)
+    batched = score_sequences(model, [long, short], tok.pad_token_id)
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+    assert model.training  # dropout was off for scoring only; the mode is restored
+
+
+def test_help_documents_the_reference_flags(capsys):
+    reward_modeling = importlib.import_module("reward_modeling")
+    with pytest.raises(SystemExit) as exit_:
+        reward_modeling.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    flags = """--model_name_or_path --output_dir --log_level --num_train_epochs --per_device_train_batch_size
+        --hf_access_token --use_habana --use_lazy_mode --ddp_find_unused_parameters --torch_dtype --load_in_4bit
+        --lora_rank --validation_split_percentage --max_length --dataset_name --trust_remote_code"""
+    for flag in flags.split():
+        assert f"  {flag} " in text or f"  {flag}," in text, flag
+    assert "bfloat16" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In process: full fine-tune, no held-out rows
+
+
+def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_dir, tmp_path):
+    reward_modeling = importlib.import_module("reward_modeling")
+    data = write_rows(tmp_path / "pairs.jsonl", arithmetic_rows(6))
+    out = tmp_path / "rm"
+    flags = "--validation_split_percentage 0 --peft none --torch_dtype float32 --max_steps 2 --report_to none "
+    flags += "--save_strategy no --per_device_train_batch_size 2"
+    paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)]
+    assert reward_modeling.main([*paths, *flags.split()]) == 0
+    assert (out / COMPLETE_MARKER).is_file() and not (out / "adapter").exists()
+    stats = load_reward_stats(out)
+    assert stats["split"] == "train_subset" and stats["n"] == 12
+    heldout = json.loads((out / "metrics.json").read_text())["heldout"]
+    assert heldout["pairs"] == 6 and heldout["split"] == "train_subset"
+    model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    pairs = [Pair(r["system"], r["question"], r["chosen"], r["rejected"]) for r in arithmetic_rows(6)]
+    features = reward_features(encode_pairs(pairs, tok, PromptFormat.load(out), None))
+    scores = score_sequences(
+        model, [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features], tok.pad_token_id
+    )
+    assert scores.mean().item() == pytest.approx(stats["mean"], abs=1e-5)
+    assert scores.std(unbiased=False).item() == pytest.approx(stats["std"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flags that cannot work here stop at once with a message saying why
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--load_in_4bit"], ["--load_in_4bit", "CUDA", "bitsandbytes"]),
+        (["--use_habana", "--use_lazy_mode"], ["--use_habana", "habana_frameworks", "install"]),
+    ],
+)
+def test_unsupported_flag_exits_2_with_one_clear_line(tiny_dir, tmp_path, capfd, flags, expected):
+    """Through ``run_main``, exactly what ``python reward_modeling.py ...`` runs (subprocesses: see test_sft)."""
+    reward_modeling = importlib.import_module("reward_modeling")
+    data = write_rows(tmp_path / "pairs.jsonl", arithmetic_rows(6))
+    paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(reward_modeling.main, [*paths, "--report_to", "none", *flags])
+    assert exit_.value.code == 2
+    printed = capfd.readouterr()
+    lines = [line for line in printed.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), printed.err[-3000:]
+    for text in expected:
+        assert text in lines[0]
+    assert "Traceback" not in printed.err and not (tmp_path / "o").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reference command line of SPEC.md, under torchrun with two CPU processes, with a token that must not leak
+
+
+def test_reference_command_under_torchrun_trains_keeps_the_token_out_and_rank_0_alone_writes(tiny_dir, tmp_path):
+    rows = arithmetic_rows(100)  # the default 2% held out: the first 2 rows
+    data = write_rows(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "rm"
+    reference = (
+        f"--model_name_or_path {tiny_dir} --output_dir {out} --log_level info --num_train_epochs 1 "
+        f"--per_device_train_batch_size 1 --hf_access_token {TOKEN}"
+    ).split()  # (pytest's temporary paths have no spaces)
+    # Unchanged, plus the local data set and --max_steps 2 so that the test takes seconds, not an epoch.
+    local = ["--dataset_name", str(data), "--max_steps", "2"]
+    torchrun = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_port"]
+    proc = run_script(
+        *torchrun, str(free_port()), "reward_modeling.py", *reference, *local, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 2" in proc.stderr
+    assert proc.stderr.count("reward_model: model saved to") == 1
+
+    # the token is nowhere: not in any file of the output folder, not in what the run printed
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 10 and (out / "checkpoint-2" / "training_args.bin").is_file()
+    leaked = [str(p.relative_to(out)) for p in files if TOKEN.encode() in p.read_bytes()]
+    assert leaked == []
+    assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
+
+    # one complete, loadable result
+    assert (out / COMPLETE_MARKER).is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert not [p.name for p in out.rglob("*") if p.name.startswith((".tmp", ".old"))]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stage"] == "reward_model" and metrics["heldout"]["split"] == "eval"
+    assert metrics["heldout"]["pairs"] == 2
+    assert set(metrics["heldout"]) >= {"accuracy", "tie_rate", "margin_mean", "margin_std"}
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert stats["n"] == 4 and stats["split"] == "eval" and stats["std"] > 0
+    model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert model.config.num_labels == 1 and tok.pad_token_id != tok.eos_token_id
+    # the saved (merged) model gives the scores that the statistics and metrics were computed from
+    pairs = [Pair(r["system"], r["question"], r["chosen"], r["rejected"]) for r in rows[:2]]
+    features = reward_features(encode_pairs(pairs, tok, PromptFormat.load(out), None))
+    scores = score_sequences(
+        model, [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features], tok.pad_token_id
+    )
+    assert scores.mean().item() == pytest.approx(stats["mean"], abs=2e-3)
+    assert (scores[:2] - scores[2:]).mean().item() == pytest.approx(metrics["heldout"]["margin_mean"], abs=2e-3)
+    assert PromptFormat.load(out).kind == "chat"
