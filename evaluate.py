@@ -1,0 +1,166 @@
+"""Evaluate RLHF: does the PPO policy beat the SFT policy on held-out prompts, and is the reward model any good?
+
+    python evaluate.py --sft_model out/sft --ppo_model out/ppo/final --reward_model out/rm \
+        --second_reward_model out/rm2 --dataset_name data/orca_sample/heldout.jsonl --output_dir out/eval
+
+For each held-out prompt, one response is sampled from each policy (same temperature as PPO training). Reported in
+``evaluation.json``: mean reward of each policy under the trained reward model and under a second reward model
+PPO never saw (if given: reward hacking shows up as a gap between the two); the win rate of PPO over SFT under each,
+with a 95% Wilson interval (ties count half); KL(PPO || SFT) in nats per response; mean response length; EOS rate;
+and the reward model's strict held-out accuracy, tie rate and margin on the pairs (margins in ``margins.json``).
+``samples.jsonl`` holds every prompt with both responses and their scores. Works on any user's model folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+from rlhf.cli import HubArguments, UsageError, parse_dataclasses, run_main, setup_logging
+from rlhf.data import DataArguments, encode_text, load_pairs
+from rlhf.evaluation import policy_summary, response_logprobs_under, sample, sequence_kl, win_rate
+from rlhf.models import check_causal_lm_folder, check_reward_folder, load_tokenizer
+from rlhf.ppo_models import RewardScorer
+from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.reward import preference_metrics, score_sequences
+from rlhf.stage import protect_secrets
+
+logger = logging.getLogger("evaluate")
+
+
+@dataclass
+class EvalArguments:
+    sft_model: str = field(metadata={"help": "The SFT policy folder (or hub name)."})
+    ppo_model: str = field(metadata={"help": "The PPO policy (rl_training.py output_dir/final)."})
+    reward_model: str = field(metadata={"help": "The reward model PPO was trained against."})
+    second_reward_model: str | None = field(
+        default=None, metadata={"help": "A reward model PPO never saw (e.g. trained on other data), for an "
+                                "independent judgement."},
+    )
+    output_dir: str = field(default="out/eval", metadata={"help": "Where evaluation.json and samples go."})
+    num_prompts: int = field(default=64, metadata={"help": "Held-out prompts to generate for."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Longest response."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for both policies."})
+    greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
+
+
+@dataclass
+class EvalDataArguments(DataArguments):
+    dataset_name: str = field(default="data/orca_sample/heldout.jsonl",
+                              metadata={"help": "Held-out pairs (file, folder or hub name)."})
+    validation_split_percentage: float = field(
+        default=0, metadata={"help": "Kept at 0: the whole file is used as held-out data."}
+    )
+
+
+def _load_lm(name: str, token: str | None):
+    from transformers import AutoModelForCausalLM
+
+    check_causal_lm_folder(name, "model")
+    return AutoModelForCausalLM.from_pretrained(name, token=token).eval()
+
+
+def _load_scorer(name: str, token: str | None) -> RewardScorer:
+    from transformers import AutoModelForSequenceClassification
+
+    check_reward_folder(name, "reward_model")
+    tokenizer, _ = load_tokenizer(name, token)
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, token=token)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    fmt = PromptFormat.load(name) or resolve_prompt_format("auto", tokenizer, None)
+    return RewardScorer(model.eval(), tokenizer, fmt)
+
+
+def _generate_all(lm, tokenizer, prompts, args: EvalArguments) -> list[dict]:
+    torch.manual_seed(args.seed)
+    return [
+        sample(lm, tokenizer, [p["prompt_ids"] for p in prompts[i : i + args.batch_size]], args.max_new_tokens,
+               args.temperature, args.greedy)
+        for i in range(0, len(prompts), args.batch_size)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------ arguments
+    parser = HfArgumentParser((EvalArguments, EvalDataArguments, HubArguments))
+    args, data_args, hub = parse_dataclasses(parser, argv)
+    setup_logging("info")
+    protect_secrets(hub)
+    if args.num_prompts < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise UsageError("--num_prompts, --batch_size and --max_new_tokens must be positive")
+
+    # ------------------------------------------------------------------ data
+    split = load_pairs(data_args, hub.token)
+    split.report.log()
+    tokenizer, _ = load_tokenizer(args.sft_model, hub.token)
+    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, args.sft_model)
+    prompts, seen = [], set()
+    for pair in split.train:
+        if (pair.system, pair.question) not in seen and len(prompts) < args.num_prompts:
+            seen.add((pair.system, pair.question))
+            ids = encode_text(tokenizer, fmt.render_prompt(pair.system, pair.question, tokenizer), fmt)
+            prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids})
+
+    # ------------------------------------------------------------------ generate with both policies
+    sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
+    batches = {"sft": _generate_all(sft_lm, tokenizer, prompts, args),
+               "ppo": _generate_all(ppo_lm, tokenizer, prompts, args)}
+    texts = {k: [t for b in v for t in b["texts"]] for k, v in batches.items()}
+    kl = torch.cat([
+        sequence_kl(response_logprobs_under(ppo_lm, b, args.temperature),
+                    response_logprobs_under(sft_lm, b, args.temperature), b["response_mask"])
+        for b in batches["ppo"]
+    ])
+
+    # ------------------------------------------------------------------ score under each reward model
+    judges = {"rm": args.reward_model}
+    if args.second_reward_model:
+        judges["rm2"] = args.second_reward_model
+    systems, questions = [p["system"] for p in prompts], [p["question"] for p in prompts]
+    result: dict = {"prompts": len(prompts), "kl_ppo_sft": {"mean": kl.mean().item(), "max": kl.max().item()}}
+    margins: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    for judge, folder in judges.items():
+        scorer = _load_scorer(folder, hub.token)
+        scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
+        result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
+        for name in ("sft", "ppo"):
+            merged_batch = {"response_mask": torch.cat([b["response_mask"] for b in batches[name]]),
+                            "has_eos": torch.cat([b["has_eos"] for b in batches[name]])}
+            result.setdefault(name, {})
+            summary = policy_summary(merged_batch, scores[judge][name])
+            result[name][f"reward_mean_{judge}"] = summary.pop("reward_mean")
+            result[name].update(summary)
+        # The reward model's own held-out ranking quality, on pairs in its own prompt format.
+        chosen = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.chosen)) for p in split.train]
+        rejected = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.rejected))
+                    for p in split.train]
+        pad = scorer.tokenizer.pad_token_id
+        rc, rr = score_sequences(scorer.model, chosen, pad), score_sequences(scorer.model, rejected, pad)
+        result[f"{judge}_heldout"] = preference_metrics(rc, rr)
+        margins[judge] = (rc - rr).tolist()
+
+    # ------------------------------------------------------------------ write
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / "margins.json").write_text(json.dumps(margins) + "\n", encoding="utf-8")
+    with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
+        for i, p in enumerate(prompts):
+            row = {"question": p["question"], "sft": texts["sft"][i], "ppo": texts["ppo"][i]}
+            row.update({f"{j}_{k}": scores[j][k][i].item() for j in scores for k in ("sft", "ppo")})
+            handle.write(json.dumps(row) + "\n")
+    logger.info("evaluation: %s", json.dumps({k: v for k, v in result.items() if k != "prompts"}))
+    logger.info("written to %s", out / "evaluation.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
