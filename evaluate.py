@@ -150,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ write
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "margins.json").write_text(json.dumps(margins) + "\n", encoding="utf-8")
     with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
         for i, p in enumerate(prompts):
             row = {"question": p["question"], "sft": texts["sft"][i], "ppo": texts["ppo"][i]}
             row.update({f"{j}_{k}": scores[j][k][i].item() for j in scores for k in ("sft", "ppo")})
             handle.write(json.dumps(row) + "\n")
+    # Written last: its presence means the evaluation finished (the pipeline skips a finished stage).
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     logger.info("evaluation: %s", json.dumps({k: v for k, v in result.items() if k != "prompts"}))
     logger.info("written to %s", out / "evaluation.json")
     return 0

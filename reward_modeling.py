@@ -1,6 +1,6 @@
 """Stage 2 — reward modeling: learn a scalar score that ranks ``chosen`` above ``rejected``.
 
-    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample --output_dir out/rm
+    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample/train.jsonl --output_dir out/rm
     torchrun --nnodes 1 --nproc_per_node 8 reward_modeling.py --model_name_or_path M --output_dir O \
         --log_level info --num_train_epochs 1 --per_device_train_batch_size 1 --hf_access_token T
     python3 reward_modeling.py ... --use_habana --use_lazy_mode

@@ -1,6 +1,6 @@
 """Stage 1 — supervised fine-tuning: teach a base model to answer ``system + question`` with the ``chosen`` answer.
 
-    python sft.py --model_name_or_path M --dataset_name data/orca_sample --output_dir out/sft
+    python sft.py --model_name_or_path M --dataset_name data/orca_sample/train.jsonl --output_dir out/sft
     torchrun --nnodes 1 --nproc_per_node 8 sft.py --model_name_or_path M --bf16 True \
         --dataset_name Intel/orca_dpo_pairs --dataset_concatenation --per_device_train_batch_size 2 \
         --gradient_accumulation_steps 4 --learning_rate 1e-4 --num_train_epochs 3 --output_dir out/sft --peft lora

@@ -1,4 +1,4 @@
-"""Run the stages as separate processes, each stage's output feeding the next: SFT -> reward model -> PPO.
+"""Run the stages as separate processes, each feeding the next: SFT -> reward model(s) -> PPO -> evaluation -> report.
 
     python -m rlhf.pipeline --config configs/demo.json [--force] [--from_stage rm] [--output out/demo]
 
@@ -7,7 +7,8 @@ output is already complete (``COMPLETE.json``) is skipped; ``--force`` reruns ev
 S and the stages after it. The stage scripts are the source of truth: this runner owns no training logic.
 
 The config is JSON: ``model`` (base model: hub name or folder), ``dataset``, ``output`` (folder), and per stage a
-list of extra flags (``sft``, ``rm``, ``ppo``).
+list of extra flags (``sft``, ``rm``, ``ppo``, ``eval``); ``rm2`` (optional) trains a second reward model
+that PPO never sees, used by the evaluation as an independent judge; ``heldout`` names the evaluation data.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "rm", "rm2", "ppo", "eval", "report")
 
 
 @dataclass
@@ -37,22 +38,37 @@ class Stage:
 
 
 def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
-    """The command line of every stage, from the config."""
+    """The command line of every stage, from the config. ``rm2`` runs only when the config has an ``rm2`` entry."""
     out = Path(config["output"])
     model, data = config["model"], config["dataset"]
-    sft, rm, ppo = out / "sft", out / "rm", out / "ppo"
-    return [
+    heldout = config.get("heldout", data)
+    sft, rm, rm2, ppo, ev = out / "sft", out / "rm", out / "rm2", out / "ppo", out / "eval"
+    stages = [
         Stage("sft", [python, str(ROOT / "sft.py"), "--model_name_or_path", model, "--dataset_name", data,
                       "--output_dir", str(sft), "--overwrite_output_dir", *config.get("sft", [])], sft, sft),
         Stage("rm", [python, str(ROOT / "reward_modeling.py"), "--model_name_or_path", str(sft), "--dataset_name",
                      data, "--output_dir", str(rm), "--overwrite_output_dir", *config.get("rm", [])], rm, rm),
+    ]
+    judge = []
+    if "rm2" in config:
+        stages.append(Stage("rm2", [python, str(ROOT / "reward_modeling.py"), "--model_name_or_path", str(sft),
+                                    "--dataset_name", data, "--output_dir", str(rm2), "--overwrite_output_dir",
+                                    *config["rm2"]], rm2, rm2))
+        judge = ["--second_reward_model", str(rm2)]
+    stages += [
         Stage("ppo", [python, str(ROOT / "rl_training.py"), "--model_name", str(sft), "--reward_model_name", str(rm),
                       "--dataset_name", data, "--output_dir", str(ppo), *config.get("ppo", [])], ppo / "final", ppo),
+        Stage("eval", [python, str(ROOT / "evaluate.py"), "--sft_model", str(sft), "--ppo_model", str(ppo / "final"),
+                       "--reward_model", str(rm), *judge, "--dataset_name", heldout, "--output_dir", str(ev),
+                       *config.get("eval", [])], ev, ev),
+        Stage("report", [python, "-m", "rlhf.report", "--run", str(out)], out / "never-skipped", out / "report.md"),
     ]
+    return stages
 
 
 def is_done(stage: Stage) -> bool:
-    return (stage.output / "COMPLETE.json").is_file()
+    """Trainer stages mark their folder with COMPLETE.json; evaluation writes evaluation.json last."""
+    return (stage.output / "COMPLETE.json").is_file() or (stage.output / "evaluation.json").is_file()
 
 
 def run_stage(stage: Stage, log_dir: Path, tail_lines: int = 25) -> tuple[int, list[str]]:
@@ -109,18 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     log_dir = Path(config["output"]) / "logs"
-    rerun_from = STAGES.index(args.from_stage) if args.from_stage else len(STAGES)
+    stages = [s for s in build_stages(config) if s.name in wanted]
+    names = [s.name for s in stages]
+    rerun_from = names.index(args.from_stage) if args.from_stage in names else len(stages)
     started = time.time()
-    for index, stage in enumerate(build_stages(config)):
-        if stage.name not in wanted:
-            continue
-        banner = f"== stage {index + 1}/{len(STAGES)}: {stage.name} "
+    for index, stage in enumerate(stages):
+        banner = f"== stage {index + 1}/{len(stages)}: {stage.name} "
         print("\n" + banner + "=" * max(0, 78 - len(banner)), flush=True)
         print("$ " + shlex.join(stage.argv), flush=True)
         if is_done(stage) and not args.force and index < rerun_from:
             print(f"   skipped: {stage.output} is complete (--force or --from_stage {stage.name} to redo)", flush=True)
             continue
-        if stage.clean.exists():
+        if stage.clean.is_dir():
             shutil.rmtree(stage.clean)
         t0 = time.time()
         code, tail = run_stage(stage, log_dir)

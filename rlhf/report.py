@@ -1,0 +1,169 @@
+"""Write ``<run>/report.md`` with PNG plots from a pipeline run's outputs (sft/, rm/, ppo/, eval/).
+
+    python -m rlhf.report --run out/demo
+
+Every section is drawn from files the stages wrote; a missing stage is reported as missing, never invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str) -> bool:
+    """One small figure per quantity; returns False when there is nothing to draw."""
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
+    for ax, (name, (xs, ys)) in zip(axes[0], series.items(), strict=True):
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _histogram(path: Path, values: list[float], title: str) -> bool:
+    if not values:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(values, bins=30)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("reward(chosen) - reward(rejected)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def build_report(run: Path) -> Path:
+    lines = [f"# RLHF run report: `{run}`", ""]
+
+    # SFT
+    lines += ["## 1. SFT", ""]
+    history = [r for r in _jsonl(run / "sft" / "log_history.jsonl") if "loss" in r]
+    if _plot(run / "sft_loss.png", {"train loss": ([r["step"] for r in history], [r["loss"] for r in history])},
+             "SFT", "step"):
+        lines += ["![SFT loss](sft_loss.png)", ""]
+    else:
+        lines += ["No SFT loss history found.", ""]
+
+    # Reward model
+    lines += ["## 2. Reward model", ""]
+    rm = _json(run / "rm" / "metrics.json")
+    if rm and "heldout" in rm:
+        h = rm["heldout"]
+        lines += [f"Held-out ({h['split']}, {h['pairs']} pairs): strict accuracy **{h['accuracy']:.3f}** (ties count "
+                  f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}.", ""]
+    rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
+    if _plot(run / "rm_training.png", {
+        "train accuracy": ([r["step"] for r in rm_history], [r["accuracy"] for r in rm_history]),
+        "train loss": ([r["step"] for r in rm_history], [r["loss"] for r in rm_history]),
+    }, "Reward model", "step"):
+        lines += ["![RM training](rm_training.png)", ""]
+    margins = _json(run / "eval" / "margins.json") or {}
+    if _histogram(run / "rm_margins.png", margins.get("rm", []), "held-out margins of the reward model"):
+        lines += ["![RM margins](rm_margins.png)", ""]
+
+    # PPO
+    lines += ["## 3. PPO", ""]
+    steps = _jsonl(run / "ppo" / "metrics.jsonl")
+    xs = [r["step"] for r in steps]
+    keys = {"reward (objective/scores)": "objective/scores", "KL (objective/kl)": "objective/kl",
+            "entropy per token": "objective/token_entropy", "response length": "tokens/responses_len_mean"}
+    if _plot(run / "ppo.png", {label: (xs, [r.get(key, float("nan")) for r in steps]) for label, key in keys.items()},
+             "PPO per step", "step"):
+        lines += ["![PPO](ppo.png)", ""]
+        last = steps[-1]
+        lines += [f"{len(steps)} steps; last step: reward {last['objective/scores']:.3f}, KL "
+                  f"{last['objective/kl']:.3f}, {last.get('time/ppo/total', float('nan')):.1f} s/step.", ""]
+    else:
+        lines += ["No PPO metrics found.", ""]
+
+    # Evaluation
+    lines += ["## 4. Evaluation on held-out prompts", ""]
+    ev = _json(run / "eval" / "evaluation.json")
+    if ev:
+        judges = [k.removeprefix("win_rate_") for k in ev if k.startswith("win_rate_")]
+        lines += ["| metric | SFT | PPO |", "|---|---|---|"]
+        for judge in judges:
+            lines.append(f"| mean reward ({judge}) | {_fmt(ev['sft'][f'reward_mean_{judge}'])} | "
+                         f"{_fmt(ev['ppo'][f'reward_mean_{judge}'])} |")
+        lines.append(f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | "
+                     f"{_fmt(ev['ppo']['length_mean'])} |")
+        lines.append(f"| EOS rate | {_fmt(ev['sft']['eos_rate'])} | {_fmt(ev['ppo']['eos_rate'])} |")
+        lines.append("")
+        for judge in judges:
+            w = ev[f"win_rate_{judge}"]
+            lines.append(f"- PPO win rate over SFT under **{judge}**: {w['win_rate']:.3f} "
+                         f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, n={w['n']}, ties {w['ties']})")
+        lines.append(f"- KL(PPO ‖ SFT): {ev['kl_ppo_sft']['mean']:.3f} nats per response (mean)")
+        for judge in judges:
+            h = ev.get(f"{judge}_heldout")
+            if h:
+                lines.append(f"- {judge} on held-out pairs: strict accuracy {h['accuracy']:.3f}, tie rate "
+                             f"{h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f} ({h['pairs']} pairs)")
+        lines.append("")
+        samples = _jsonl(run / "eval" / "samples.jsonl")[:5]
+        if samples:
+            lines += ["### Samples", ""]
+            for s in samples:
+                lines += [f"**Q:** {s['question']}", "",
+                          f"- SFT ({_fmt(s.get('rm_sft'))}): {s['sft']!r}",
+                          f"- PPO ({_fmt(s.get('rm_ppo'))}): {s['ppo']!r}", ""]
+    else:
+        lines += ["No evaluation found.", ""]
+
+    path = run / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="pipeline output folder (holding sft/, rm/, ppo/, eval/)")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    if not run.is_dir():
+        print(f"error: --run {run}: no such folder", file=sys.stderr)
+        return 2
+    print(f"report: {build_report(run)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
