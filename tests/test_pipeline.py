@@ -11,7 +11,8 @@ from conftest import ROOT, run_script
 from tiny import ORCA_ROWS, write_rows
 
 FAST = {
-    "sft": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none"],
+    "sft": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
+            "--logging_steps", "1"],
     "rm": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
            "--validation_split_percentage", "10"],
     "ppo": ["--steps", "4", "--batch_size", "4", "--mini_batch_size", "2", "--gradient_accumulation_steps", "1",
