@@ -44,6 +44,7 @@ class EvalArguments:
     )
     output_dir: str = field(default="out/eval", metadata={"help": "Where evaluation.json and samples go."})
     num_prompts: int = field(default=64, metadata={"help": "Held-out prompts to generate for."})
+    num_pairs: int = field(default=200, metadata={"help": "Held-out pairs to measure reward-model accuracy on."})
     max_new_tokens: int = field(default=48, metadata={"help": "Longest response."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for both policies."})
     greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args, data_args, hub = parse_dataclasses(parser, argv)
     setup_logging("info")
     protect_secrets(hub)
-    if args.num_prompts < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        raise UsageError("--num_prompts, --batch_size and --max_new_tokens must be positive")
+    if min(args.num_prompts, args.num_pairs, args.batch_size, args.max_new_tokens) < 1:
+        raise UsageError("--num_prompts, --num_pairs, --batch_size and --max_new_tokens must be positive")
 
     # ------------------------------------------------------------------ data
     split = load_pairs(data_args, hub.token)
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             result[name][f"reward_mean_{judge}"] = summary.pop("reward_mean")
             result[name].update(summary)
         # The reward model's own held-out ranking quality, on pairs in its own prompt format.
-        chosen = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.chosen)) for p in split.train]
-        rejected = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.rejected))
-                    for p in split.train]
+        pairs = split.train[: args.num_pairs]
+        chosen = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.chosen)) for p in pairs]
+        rejected = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.rejected)) for p in pairs]
         pad = scorer.tokenizer.pad_token_id
         rc, rr = score_sequences(scorer.model, chosen, pad), score_sequences(scorer.model, rejected, pad)
         result[f"{judge}_heldout"] = preference_metrics(rc, rr)
