@@ -1,6 +1,7 @@
 """Stage 2 — reward modeling: learn a scalar score that ranks ``chosen`` above ``rejected``.
 
-    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample/train.jsonl --output_dir out/rm
+    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample/train.jsonl \
+        --output_dir out/rm
     torchrun --nnodes 1 --nproc_per_node 8 reward_modeling.py --model_name_or_path M --output_dir O \
         --log_level info --num_train_epochs 1 --per_device_train_batch_size 1 --hf_access_token T
     python3 reward_modeling.py ... --use_habana --use_lazy_mode
@@ -22,12 +23,13 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from trl import RewardConfig
 
 from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
 from rlhf.checkpoint import resolve_resume, start_output
 from rlhf.cli import (
+    EXIT_PREEMPTED,
     HubArguments,
     UsageError,
     cpu_only,
@@ -41,7 +43,9 @@ from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences
 from rlhf.stage import (
+    TrainingGuard,
     accept_legacy_training_flags,
+    check_training_flags,
     load_reward_model,
     protect_secrets,
     save_stage_output,
@@ -56,9 +60,11 @@ class ScriptArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     torch_dtype: str = field(
         default="bfloat16" if bf16_is_fast() else "float32",
-        metadata={"help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default bfloat16 like the "
-                  "reference where bf16 is native, float32 on CPUs that would emulate it. Trainable parameters "
-                  "(LoRA, score head) are kept in float32."},
+        metadata={
+            "help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default bfloat16 like the "
+            "reference where bf16 is native, float32 on CPUs that would emulate it. Trainable parameters "
+            "(LoRA, score head) are kept in float32."
+        },
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
@@ -70,6 +76,14 @@ class ScriptArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
     )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={
+            "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
+            "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
+            "weights never take a non-finite update and are never saved holding NaN/inf."
+        },
+    )
 
 
 @dataclass
@@ -80,8 +94,10 @@ class RewardArguments(RewardConfig):
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
     bf16: bool | None = field(
         default=bf16_is_fast(),
-        metadata={"help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
-                  "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."},
+        metadata={
+            "help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
+            "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."
+        },
     )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
@@ -116,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
+    peft_config = lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
+    check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
+    guard = TrainingGuard(script.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     dtype = resolve_dtype(script.torch_dtype)
 
@@ -137,39 +156,58 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = start_output(train_args.output_dir, script.overwrite_output_dir, resume is not None)
 
     # ------------------------------------------------------------------ model
-    peft_config = (
-        lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
-    )
+    set_seed(train_args.seed)  # the new score head and LoRA weights are drawn here: same --seed, same model
     model = load_reward_model(
         script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code, peft_config, quantization
     )
 
-    # ------------------------------------------------------------------ train
+    # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
     from trl import RewardTrainer
 
-    trainer = RewardTrainer(
-        model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer
-    )
-    result = trainer.train(resume_from_checkpoint=resume)
+    with guard:
+        trainer = RewardTrainer(
+            model=model,
+            args=train_args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            callbacks=[guard],
+        )
+        result = guard.train(trainer, resume)
+        if guard.preempted:
+            return EXIT_PREEMPTED  # a checkpoint was written; the log says how to resume
 
-    # ------------------------------------------------------------------ held-out metrics and save
-    scored = eval_enc or train_enc[:256]  # without held-out rows, stats come from (at most 256) training pairs
-    features = reward_features(scored)
-    chosen = score_sequences(trainer.model, [f["chosen_ids"] for f in features], tokenizer.pad_token_id,
-                             script.eval_batch_size)
-    rejected = score_sequences(trainer.model, [f["rejected_ids"] for f in features], tokenizer.pad_token_id,
-                               script.eval_batch_size)
-    heldout = preference_metrics(chosen, rejected)
-    heldout["split"] = "eval" if eval_enc else "train_subset"
-    stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
-    logger.info(
-        "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f",
-        heldout["pairs"], heldout["split"], heldout["accuracy"], heldout["tie_rate"], heldout["margin_mean"],
-    )
-    save_stage_output(
-        trainer, output_dir, tokenizer, fmt, {"train": result.metrics, "heldout": heldout}, stage="reward_model",
-        data_report=split.report, files={STATS_FILE: stats},
-    )
+        # -------------------------------------------------------------- held-out metrics and save
+        scored = eval_enc or train_enc[:256]  # without held-out rows, stats come from (at most 256) training pairs
+        features = reward_features(scored)
+        chosen = score_sequences(
+            trainer.model, [f["chosen_ids"] for f in features], tokenizer.pad_token_id, script.eval_batch_size
+        )
+        rejected = score_sequences(
+            trainer.model, [f["rejected_ids"] for f in features], tokenizer.pad_token_id, script.eval_batch_size
+        )
+        heldout = preference_metrics(chosen, rejected)
+        heldout["split"] = "eval" if eval_enc else "train_subset"
+        stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
+        logger.info(
+            "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f",
+            heldout["pairs"],
+            heldout["split"],
+            heldout["accuracy"],
+            heldout["tie_rate"],
+            heldout["margin_mean"],
+        )
+        metrics = {"train": result.metrics, "heldout": heldout, "nonfinite_steps_skipped": guard.nonfinite_steps}
+        save_stage_output(
+            trainer,
+            output_dir,
+            tokenizer,
+            fmt,
+            metrics,
+            stage="reward_model",
+            data_report=split.report,
+            files={STATS_FILE: stats},
+        )
     return 0
 
 

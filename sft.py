@@ -19,12 +19,13 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from trl import SFTConfig
 
 from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
 from rlhf.checkpoint import resolve_resume, start_output
 from rlhf.cli import (
+    EXIT_PREEMPTED,
     HubArguments,
     UsageError,
     cpu_only,
@@ -35,9 +36,17 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
-from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
+from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
-from rlhf.stage import accept_legacy_training_flags, load_causal_lm, protect_secrets, save_stage_output
+from rlhf.stage import (
+    TrainingGuard,
+    accept_legacy_training_flags,
+    check_lora_targets,
+    check_training_flags,
+    load_causal_lm,
+    protect_secrets,
+    save_stage_output,
+)
 
 logger = logging.getLogger("sft")
 
@@ -53,14 +62,24 @@ class ScriptArguments:
     peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
     dataset_concatenation: bool = field(
         default=False,
-        metadata={"help": "Pack several examples into each sequence of --max_length tokens (TRL packing; the "
-                  "answer-only loss is kept)."},
+        metadata={
+            "help": "Pack several examples into each sequence of --max_length tokens (TRL packing; the "
+            "answer-only loss is kept)."
+        },
     )
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": "Old name of --eval_strategy, accepted for the reference command line."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
+    )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={
+            "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
+            "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
+            "weights never take a non-finite update and are never saved holding NaN/inf."
+        },
     )
 
 
@@ -72,8 +91,10 @@ class SFTArguments(SFTConfig):
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
     bf16: bool | None = field(
         default=bf16_is_fast(),
-        metadata={"help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
-                  "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."},
+        metadata={
+            "help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
+            "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."
+        },
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     max_length: int | None = field(
@@ -97,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     accept_legacy_training_flags(train_args, script.evaluation_strategy, hub)
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
+    peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
+    check_training_flags(train_args)
+    check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
+    guard = TrainingGuard(script.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     train_args.packing = script.dataset_concatenation or train_args.packing
     if train_args.completion_only_loss is None:
@@ -122,27 +147,33 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = start_output(train_args.output_dir, script.overwrite_output_dir, resume is not None)
 
     # ------------------------------------------------------------------ model
+    set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run
     model = load_causal_lm(script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code)
-    peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
+    if peft_config is not None:
+        check_lora_targets(model, lora_args.lora_target_modules)
 
-    # ------------------------------------------------------------------ train
+    # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(
-        model=model,
-        args=train_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics = {"train": result.metrics}
-    if eval_ds is not None:
-        metrics["eval"] = trainer.evaluate()
+    with guard:
+        trainer = SFTTrainer(
+            model=model,
+            args=train_args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[guard],
+        )
+        result = guard.train(trainer, resume)
+        if guard.preempted:
+            return EXIT_PREEMPTED  # a checkpoint was written; the log says how to resume
+        metrics = {"train": result.metrics, "nonfinite_steps_skipped": guard.nonfinite_steps}
+        if eval_ds is not None:
+            metrics["eval"] = trainer.evaluate()
 
-    # ------------------------------------------------------------------ save
-    save_stage_output(trainer, output_dir, tokenizer, fmt, metrics, stage="sft", data_report=split.report)
+        # -------------------------------------------------------------- save
+        save_stage_output(trainer, output_dir, tokenizer, fmt, metrics, stage="sft", data_report=split.report)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("rlhf.checkpoint")
 
 COMPLETE_MARKER = "COMPLETE.json"
 
@@ -69,22 +72,67 @@ def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     if value is None or value == "":
         return None
     if value != "latest":
-        if not Path(value).is_dir():
-            from rlhf.cli import UsageError
+        from rlhf.cli import UsageError
 
+        if not Path(value).is_dir():
             raise UsageError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+        if not trainer_checkpoint_is_complete(Path(value)):
+            raise UsageError(f"--resume_from_checkpoint {value}: incomplete checkpoint (no valid trainer_state.json)")
         return value
-    candidates = []
+    latest = latest_trainer_checkpoint(output_dir)
+    if latest is None:
+        logger.warning("--resume_from_checkpoint latest: no complete checkpoint in %s; starting afresh", output_dir)
+        return None
+    return str(latest)
+
+
+def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete ``checkpoint-N`` with the highest N in ``output_dir``, or None."""
+    complete = [(step, path) for step, path in trainer_checkpoints(output_dir) if trainer_checkpoint_is_complete(path)]
+    return max(complete)[1] if complete else None
+
+
+def trainer_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-N`` folder the Trainer made in ``output_dir``, finished or not."""
+    found = []
     for path in Path(output_dir).glob("checkpoint-*"):
         step = path.name.split("-", 1)[1]
-        # Trainer writes trainer_state.json last; a folder without it was interrupted mid-save.
-        if step.isdigit() and (path / "trainer_state.json").is_file():
-            candidates.append((int(step), path))
-    return str(max(candidates)[1]) if candidates else None
+        if step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def trainer_checkpoint_is_complete(folder: Path) -> bool:
+    """The Trainer writes ``trainer_state.json`` last (after weights, optimizer, scheduler and random states).
+
+    A folder without it, or with a truncated one, was interrupted mid-save (killed, disk full) and is never
+    resumed from.
+    """
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def drop_incomplete_checkpoints(output_dir: str | Path) -> None:
+    """Remove ``checkpoint-N`` folders that an interrupted save left half-written.
+
+    Left in place, the Trainer's ``--save_total_limit`` rotation could count them and delete a good one.
+    """
+    for _, path in trainer_checkpoints(output_dir):
+        if not trainer_checkpoint_is_complete(path):
+            logger.warning("removing %s: its save was interrupted (no complete trainer_state.json)", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def start_output(output_dir: str | Path, overwrite: bool, resuming: bool) -> Path:
-    """Prepare the output folder: refuse to clobber a finished run unless asked, and un-mark it while we work."""
+    """Prepare the output folder: refuse to clobber a finished run unless asked.
+
+    A finished result already there (``--overwrite_output_dir``, or resuming a run that had finished) stays whole
+    and marked complete until the new one replaces it (``staged_output``): a run that dies on the way leaves the
+    previous result usable.
+    """
     from rlhf.cli import UsageError
 
     out = Path(output_dir)
@@ -94,9 +142,65 @@ def start_output(output_dir: str | Path, overwrite: bool, resuming: bool) -> Pat
             "another folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / COMPLETE_MARKER).unlink(missing_ok=True)
     clean_stale_temporaries(out)
+    if resuming:
+        drop_incomplete_checkpoints(out)
     return out
+
+
+STAGING = ".tmp-result"  # the same name on every process: all of them may take part in writing (sharded saves)
+
+
+def prepare_staging(output_dir: str | Path) -> Path:
+    """An empty folder inside ``output_dir`` for a result being written (main process only)."""
+    staging = Path(output_dir) / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_staged(output_dir: str | Path, info: dict[str, Any]) -> None:
+    """Swap a fully written result from the staging folder into ``output_dir``; ``COMPLETE.json`` comes last.
+
+    The folder is un-marked first, so from here until the marker is written it does not claim to be complete.
+    Files of a previous result that the new one lacks (listed in the old marker) are removed; checkpoints and
+    tracker folders, which no marker lists, are left alone.
+    """
+    out = Path(output_dir)
+    staging = out / STAGING
+    _fsync_tree(staging)
+    names = sorted(p.name for p in staging.iterdir())
+    previous = _marked_files(out)
+    (out / COMPLETE_MARKER).unlink(missing_ok=True)
+    for name in sorted(set(previous) - set(names)):
+        _remove(out / name)
+    for name in names:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    staging.rmdir()
+    mark_complete(out, {**info, "files": names})
+
+
+def discard_staging(output_dir: str | Path) -> None:
+    shutil.rmtree(Path(output_dir) / STAGING, ignore_errors=True)
+
+
+def _marked_files(folder: Path) -> list[str]:
+    try:
+        files = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    # Names only, never a path: a damaged marker must not make us delete anything outside the folder.
+    return [f for f in files if isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", "..")]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def mark_complete(output_dir: str | Path, info: dict[str, Any]) -> None:

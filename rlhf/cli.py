@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -15,12 +16,26 @@ logger = logging.getLogger("rlhf")
 
 # Exit code for bad input or bad flags, like argparse's own usage errors.
 EXIT_USAGE = 2
+# Exit code for a failure during the run (disk full while saving, non-finite loss): one line, like usage errors.
+EXIT_FAILURE = 1
+# Exit code after SIGTERM: a checkpoint was written and the run can be resumed (128 + SIGTERM, as a shell reports).
+EXIT_PREEMPTED = 143
+# OSError numbers that mean "the disk cannot take this write", whoever was writing.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class UsageError(Exception):
     """A problem with the user's input (flag, file, row, column) that training cannot proceed with.
 
     The message is printed as one line, without a traceback, and the process exits with code 2.
+    """
+
+
+class RunError(Exception):
+    """A run that cannot go on for a reason outside the user's input (a save that failed, a non-finite loss).
+
+    Printed as one line, without a traceback (``--debug`` shows it), exit code 1. The message says what is left
+    on disk and how to go on.
     """
 
 
@@ -60,12 +75,39 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     try:
         code = main(args)
     except UsageError as err:
-        if wants_traceback(args):
-            traceback.print_exc()
-        message = " ".join(str(err).split("\n"))
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        _print_error(str(err), args)
         sys.exit(EXIT_USAGE)
+    except RunError as err:
+        _print_error(str(err), args)
+        sys.exit(EXIT_FAILURE)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        _print_error(
+            f"disk write failed ({err}); complete checkpoints and finished outputs are left as they were: free "
+            "space, then rerun with --resume_from_checkpoint latest",
+            args,
+        )
+        sys.exit(EXIT_FAILURE)
     sys.exit(code or 0)
+
+
+def _print_error(message: str, args: list[str]) -> None:
+    _close_progress_bars()
+    if wants_traceback(args):
+        traceback.print_exc()
+    message = " ".join(message.split("\n"))
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar that an error interrupted, so that the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # cosmetic only: never hide the error being reported
+            pass
 
 
 def setup_logging(level: str = "info") -> None:
@@ -97,13 +139,17 @@ class HubArguments:
 
     hf_access_token: str | None = field(
         default=None,
-        metadata={"help": "Hugging Face token for gated/private models and datasets. Used for hub calls only; never "
-                  "saved in output folders, logs or trackers. Defaults to the HF_TOKEN environment/login."},
+        metadata={
+            "help": "Hugging Face token for gated/private models and datasets. Used for hub calls only; never "
+            "saved in output folders, logs or trackers. Defaults to the HF_TOKEN environment/login."
+        },
     )
     use_auth_token: str | None = field(
         default=None,
-        metadata={"help": "Accepted for compatibility with the reference command line; no effect (the hub login or "
-                  "--hf_access_token is used)."},
+        metadata={
+            "help": "Accepted for compatibility with the reference command line; no effect (the hub login or "
+            "--hf_access_token is used)."
+        },
     )
 
     @property
@@ -152,7 +198,15 @@ def scrub_argv(secrets: list[str | None]) -> None:
 
 
 def parse_dataclasses(parser: Any, argv: list[str] | None) -> tuple[Any, ...]:
-    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback."""
+    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback.
+
+    argparse's own errors (unknown choice, value of the wrong type) become one line too, instead of the usage text.
+    """
+
+    def one_line(message: str) -> None:
+        raise UsageError(message)
+
+    parser.error = one_line
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:

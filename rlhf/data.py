@@ -12,6 +12,7 @@ Every stage goes through here, in this order, before any model is loaded:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.cli import UsageError
-from rlhf.prompt_format import PromptFormat
+from rlhf.prompt_format import TEMPLATE_CHOICES, PromptFormat
 
 logger = logging.getLogger("rlhf.data")
 
@@ -35,27 +36,46 @@ class DataArguments:
 
     dataset_name: str = field(
         default=DEFAULT_DATASET,
-        metadata={"help": "Hub dataset name, or a local JSON/JSONL/Parquet/CSV file or a folder of them, with the "
-                  "Orca columns (system, question, chosen, rejected)."},
+        metadata={
+            "help": "Hub dataset name, or a local JSON/JSONL/Parquet/CSV file or a folder of them, with the "
+            "Orca columns (system, question, chosen, rejected)."
+        },
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read from a hub dataset."})
-    system_column: str = field(default="system", metadata={"help": "Column holding the system prompt (may be "
-                               "empty or absent)."})
+    system_column: str = field(
+        default="system", metadata={"help": "Column holding the system prompt (may be empty or absent)."}
+    )
     prompt_column: str = field(default="question", metadata={"help": "Column holding the user question."})
     chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred answer."})
     rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred answer."})
     validation_split_percentage: float = field(
         default=2,
-        metadata={"help": "Percentage of rows held out for evaluation: the FIRST N percent of the rows, as in the "
-                  "reference example."},
+        metadata={
+            "help": "Percentage of rows held out for evaluation: the FIRST N percent of the rows, as in the "
+            "reference example."
+        },
     )
     prompt_template: str = field(
         default="auto",
-        metadata={"help": "auto (the format saved with the input model, else the tokenizer's chat template, else "
-                  "plain), chat, plain, or raw (the reference's bare system + question concatenation)."},
+        metadata={
+            "help": "auto (the format saved with the input model, else the tokenizer's chat template, else "
+            "plain), chat, plain, or raw (the reference's bare system + question concatenation)."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training pairs."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval pairs."})
+
+    def __post_init__(self) -> None:
+        # Checked while parsing the flags, before any file, tokenizer or model is read.
+        if self.prompt_template not in TEMPLATE_CHOICES:
+            raise UsageError(
+                f"--prompt_template: expected one of {', '.join(TEMPLATE_CHOICES)}, got {self.prompt_template!r}"
+            )
+        check_percentage(self.validation_split_percentage)
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise UsageError(f"--max_train_samples: expected a positive integer, got {self.max_train_samples}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 0:
+            raise UsageError(f"--max_eval_samples: expected 0 or more, got {self.max_eval_samples}")
 
     def columns(self) -> dict[str, str]:
         """Our field name -> the dataset's column name."""
@@ -71,6 +91,11 @@ class DataArguments:
 # Loading
 
 
+def check_percentage(pct: float) -> None:
+    if not 0 <= pct < 100:  # NaN fails too
+        raise UsageError(f"--validation_split_percentage: expected a value in [0, 100), got {pct}")
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open("rb") as handle:
@@ -82,6 +107,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UsageError(f"{path}: line {number}: invalid JSON ({err.msg})") from None
+            except RecursionError:
+                raise UsageError(f"{path}: line {number}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise UsageError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
@@ -95,12 +122,18 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         raise UsageError(f"{path}: line {line}: not valid UTF-8 (byte {err.start})") from None
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
+def _decode_file(path: Path) -> str:
+    """The whole file as text (a UTF-8 BOM is dropped); bad bytes are reported with their line and offset."""
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: not valid UTF-8 (byte offset {err.start})") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line}: not valid UTF-8 (byte offset {err.start})") from None
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    text = _decode_file(path)
     if not text.strip():
         return []
     try:
@@ -109,6 +142,8 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
         if text.lstrip().startswith("{") and err.msg == "Extra data":
             return _read_jsonl(path)  # JSON Lines saved with a .json name, as `datasets` writes them
         raise UsageError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply") from None
     if isinstance(obj, dict):
         # {"train": [...]} or {"data": [...]}: the one list of objects inside.
         lists = [v for v in obj.values() if isinstance(v, list)]
@@ -123,13 +158,15 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file with a header line. Quoted fields may hold commas, quotes and newlines, of any length."""
+    # Orca answers can be long; the csv module's default limit (131,072 characters per field) would reject them.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(_decode_file(path), newline=""), strict=True)
     try:
-        with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            return list(csv.DictReader(handle, strict=True))
-    except UnicodeDecodeError as err:
-        raise UsageError(f"{path}: not valid UTF-8 (byte offset {err.start})") from None
+        return list(reader)
     except csv.Error as err:
-        raise UsageError(f"{path}: malformed CSV ({err})") from None
+        # line_num counts the lines of the records read completely; the broken record starts on the next one.
+        raise UsageError(f"{path}: line {reader.line_num + 1}: malformed CSV ({err})") from None
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -163,13 +200,19 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{path}: permission denied") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory") from None
+    except OSError as err:  # I/O error, a file that vanished while reading, ...
+        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def load_local(path: Path) -> SourceRows:
     """Read a local file, or every supported file directly inside a folder (sorted by name, formats may mix)."""
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except PermissionError:  # a parent folder that may not be entered
+        raise UsageError(f"--dataset_name {path}: permission denied") from None
+    if not exists:
         raise UsageError(f"--dataset_name {path}: no such file or folder")
-    if path.is_dir():
+    if is_dir:
         try:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file())
         except PermissionError:
@@ -189,8 +232,12 @@ def load_local(path: Path) -> SourceRows:
 
 def looks_local(name: str) -> bool:
     """A dataset name is a local path if it exists, or is written like one (./x, /x, x.jsonl)."""
+    try:
+        exists = Path(name).exists()
+    except OSError:  # e.g. inside a folder that may not be entered: a path all the same
+        exists = True
     return (
-        Path(name).exists()
+        exists
         or name.startswith((".", "/", "~"))
         or Path(name).suffix.lower() in SUPPORTED_SUFFIXES
         or name.count("/") > 1
@@ -273,7 +320,18 @@ def _text_problem(value: Any, column: str) -> str | None:
         return f"non_string_{column}"
     if not value.strip():
         return f"empty_{column}"
+    if not _encodable(value):
+        return f"invalid_unicode_{column}"
     return None
+
+
+def _encodable(text: str) -> bool:
+    """False for text holding lone surrogates (JSON allows "\\ud800"): tokenizers cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -303,6 +361,8 @@ def clean_row(row: dict[str, Any], columns: dict[str, str]) -> tuple[Pair | None
         system = ""  # most Orca rows have no system prompt: that is valid
     if not isinstance(system, str):
         return None, "non_string_system"
+    if not _encodable(system):
+        return None, "invalid_unicode_system"
     if values["chosen"].strip() == values["rejected"].strip():
         return None, "chosen_equals_rejected"
     return Pair(system, values["question"], values["chosen"], values["rejected"]), None
@@ -316,8 +376,7 @@ def validate_and_split(source: SourceRows, args: DataArguments) -> SplitPairs:
     leaks into training).
     """
     pct = args.validation_split_percentage
-    if not 0 <= pct < 100:
-        raise UsageError(f"--validation_split_percentage: expected a value in [0, 100), got {pct}")
+    check_percentage(pct)
     report = DropReport(total=len(source.rows))
     n_eval = int(len(source.rows) * pct / 100)
     seen: set[tuple[str, str, str, str]] = set()

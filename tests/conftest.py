@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +44,83 @@ def sample_data() -> Path:
     return SAMPLE
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 600,
-               cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a top-level script (or any argv after the python executable) the way a user would."""
     full_env = {**os.environ, **(env or {})}
     argv = [sys.executable, str(ROOT / script), *args] if script.endswith(".py") else [sys.executable, script, *args]
     return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or ROOT)
+
+
+# Each case runs the script file as ``__main__`` in its own process, forked from one driver process that imported
+# the heavy libraries once: the real exit code, stdout and stderr of the script, without paying ~10 s of imports per
+# case on a small CI machine.
+FORK_DRIVER = r"""
+import atexit, importlib, json, os, runpy, sys, traceback
+cases = json.loads(sys.argv[1])
+for module in sorted({c["script"][:-3] for c in cases}):
+    importlib.import_module(module)  # torch, transformers, trl, peft: once, before forking
+codes = {}
+for case in cases:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for fd, name in ((1, case["stdout"]), (2, case["stderr"])):
+            os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = [case["script"], *case["args"]]
+        code = 0
+        try:
+            exec(case.get("prelude") or "", {"__name__": "prelude"})  # per-case set-up: limits, fault injection
+            runpy.run_path(case["script"], run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        try:
+            atexit._run_exitfuncs()  # what a normal exit runs (trackers such as wandb finish their run here)
+        except BaseException:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    codes[case["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(codes))
+"""
+
+
+def run_forked(
+    cases: dict[str, tuple], folder: Path, env: dict | None = None
+) -> dict[str, subprocess.CompletedProcess]:
+    """Run ``{name: (script, args[, prelude])}`` as described above, in order; one CompletedProcess per case.
+
+    ``prelude`` (optional) is Python run in the case's process just before the script: resource limits, fault
+    injection. A case killed by a signal has the negative signal number as its return code.
+    """
+    spec = [
+        {
+            "name": name,
+            "script": script,
+            "args": args,
+            "prelude": rest[0] if rest else None,
+            "stdout": f"{folder}/{name}.out",
+            "stderr": f"{folder}/{name}.err",
+        }
+        for name, (script, args, *rest) in cases.items()
+    ]
+    driver = run_script("-c", FORK_DRIVER, json.dumps(spec), env=env)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    codes = json.loads(driver.stdout.strip().splitlines()[-1])
+    out = {}
+    for c in spec:
+        stdout, stderr = Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
+        out[c["name"]] = subprocess.CompletedProcess(c["args"], codes[c["name"]], stdout, stderr)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

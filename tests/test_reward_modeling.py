@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import socket
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import run_script
+from conftest import free_port, run_script
 from rlhf.checkpoint import COMPLETE_MARKER
 from rlhf.cli import run_main
 from rlhf.data import Pair, encode_pairs, reward_features
@@ -153,12 +152,6 @@ def test_unsupported_flag_exits_2_with_one_clear_line(tiny_dir, tmp_path, capfd,
     for text in expected:
         assert text in lines[0]
     assert "Traceback" not in printed.err and not (tmp_path / "o").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_script
+from conftest import free_port, run_forked, run_script
 from rlhf.checkpoint import COMPLETE_MARKER
 from rlhf.cli import UsageError
 from rlhf.data import Pair, encode_pairs, sft_features
@@ -204,61 +202,6 @@ def test_help_documents_the_reference_flags(capsys):
 FATAL = ["missing_column", "nonexistent_path", "unreadable_file", "broken_jsonl_line", "no_usable_rows"]
 
 
-# Each case runs the script file as ``__main__`` in its own process, forked from one driver process that imported
-# the heavy libraries once: the real exit code, stdout and stderr of the script, without paying ~10 s of imports per
-# case on a small CI machine.
-FORK_DRIVER = r"""
-import importlib, json, os, runpy, sys, traceback
-cases = json.loads(sys.argv[1])
-for module in sorted({c["script"][:-3] for c in cases}):
-    importlib.import_module(module)  # torch, transformers, trl, peft: once, before forking
-codes = {}
-for case in cases:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        for fd, name in ((1, case["stdout"]), (2, case["stderr"])):
-            os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        sys.argv = [case["script"], *case["args"]]
-        code = 0
-        try:
-            runpy.run_path(case["script"], run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    codes[case["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(codes))
-"""
-
-
-def run_forked(cases: dict[str, tuple[str, list[str]]], folder: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Run ``{name: (script, args)}`` as described above; one CompletedProcess per case."""
-    spec = [
-        {
-            "name": name,
-            "script": script,
-            "args": args,
-            "stdout": f"{folder}/{name}.out",
-            "stderr": f"{folder}/{name}.err",
-        }
-        for name, (script, args) in cases.items()
-    ]
-    driver = run_script("-c", FORK_DRIVER, json.dumps(spec))
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    codes = json.loads(driver.stdout.strip().splitlines()[-1])
-    out = {}
-    for c in spec:
-        stdout, stderr = Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
-        out[c["name"]] = subprocess.CompletedProcess(c["args"], codes[c["name"]], stdout, stderr)
-    return out
-
-
 @pytest.fixture(scope="module")
 def fatal_runs(tiny_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft-fatal")
@@ -312,12 +255,6 @@ def test_debug_flag_shows_the_traceback(fatal_runs):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The reference SFT command of SPEC.md, under torchrun with two CPU processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_reference_command_under_torchrun_trains_and_rank_0_alone_writes(tiny_dir, tmp_path):
