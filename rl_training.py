@@ -1,6 +1,6 @@
 """Stage 3 — PPO: improve the SFT policy against the reward model, KL-anchored to the SFT model.
 
-    python rl_training.py --model_name out/sft --reward_model_name out/rm --dataset_name data/orca_sample \
+    python rl_training.py --model_name out/sft --reward_model_name out/rm --dataset_name data/orca_sample/train.jsonl \
         --batch_size 8 --mini_batch_size 2 --gradient_accumulation_steps 2 --steps 800 --output_dir out/ppo
     accelerate launch --multi_gpu --num_machines 1 --num_processes 8 rl_training.py --log_with=wandb \
         --model_name=M --reward_model_name=R --adafactor=False --tokenizer_name=M --save_freq=100 \
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,14 +58,19 @@ TRACKERS = ("wandb", "tensorboard", "none")
 class ScriptArguments:
     model_name: str = field(default="", metadata={"help": "The SFT policy: hub name or folder (sft.py output)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
-    reward_model_name: str = field(default="", metadata={"help": "The reward model folder (reward_modeling.py output)."})
+    reward_model_name: str = field(
+        default="", metadata={"help": "The reward model folder (reward_modeling.py output)."}
+    )
     output_dir: str = field(default="out/ppo", metadata={"help": "Where checkpoints, metrics and the final policy go."})
-    log_with: str | None = field(default=None, metadata={"help": "Tracker: wandb, tensorboard or none. A JSONL log "
-                                 "(metrics.jsonl) is always written."})
+    log_with: str | None = field(
+        default=None,
+        metadata={"help": "Tracker: wandb, tensorboard or none. A JSONL log (metrics.jsonl) is always written."},
+    )
     project_name: str = field(default="rlhf-ppo", metadata={"help": "Tracker project/run group name."})
     save_freq: int | None = field(default=None, metadata={"help": "Save output_dir/step_N every N PPO steps."})
-    save_merged: bool = field(default=False, metadata={"help": "Also write the merged policy into step_N folders "
-                              "(final/ always has it)."})
+    save_merged: bool = field(
+        default=False, metadata={"help": "Also write the merged policy into step_N folders (final/ always has it)."}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A step_N folder, or 'latest' for the newest complete one in output_dir."}
     )
@@ -82,8 +89,10 @@ class ScriptArguments:
 class PPOLoraArguments(LoraArguments):
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r (reference: 16)."})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (reference: 32)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference: 0.05; off during PPO "
-                                "forwards, which run in eval mode)."})
+    lora_dropout: float = field(
+        default=0.05,
+        metadata={"help": "LoRA dropout (reference: 0.05; off during PPO forwards, which run in eval mode)."},
+    )
 
 
 class StopRequested:
@@ -100,8 +109,9 @@ class StopRequested:
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
     adopt_mpi_environment()
-    parser = HfArgumentParser((ScriptArguments, PPOConfig, PPOLoraArguments, DataArguments, HubArguments,
-                               BackendArguments))
+    parser = HfArgumentParser(
+        (ScriptArguments, PPOConfig, PPOLoraArguments, DataArguments, HubArguments, BackendArguments)
+    )
     try:
         script, cfg, lora_args, data_args, hub, backend_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
@@ -137,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ data: prompts in the policy's format
     split = load_pairs(data_args, hub.token)
-    tokenizer, _ = load_tokenizer(script.tokenizer_name or script.model_name, hub.token,
-                                  trust_remote_code=script.trust_remote_code)
+    tokenizer, _ = load_tokenizer(
+        script.tokenizer_name or script.model_name, hub.token, trust_remote_code=script.trust_remote_code
+    )
     fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, script.model_name)
     prompts, seen = [], set()
     for pair in split.train:
@@ -158,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(script.seed)  # identical initialisation (LoRA, value head) on every process
-    lm = AutoModelForCausalLM.from_pretrained(script.model_name, token=hub.token,
-                                              trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype))
+    lm = AutoModelForCausalLM.from_pretrained(
+        script.model_name, token=hub.token, trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype)
+    )
     fit_embeddings(lm, tokenizer)
     ref_model = None
     if script.peft == "lora":
@@ -173,10 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     rm_tokenizer, _ = load_tokenizer(script.reward_model_name, hub.token, trust_remote_code=script.trust_remote_code)
     rm_fmt = PromptFormat.load(script.reward_model_name) or fmt
     if rm_fmt != fmt:
-        logger.warning("the reward model was trained with a different prompt format (%s) than the policy (%s); "
-                       "it will score in its own format", rm_fmt.kind, fmt.kind)
+        logger.warning(
+            "the reward model was trained with a different prompt format (%s) than the policy (%s); "
+            "it will score in its own format",
+            rm_fmt.kind,
+            fmt.kind,
+        )
     reward_model = AutoModelForSequenceClassification.from_pretrained(
-        script.reward_model_name, num_labels=1, token=hub.token, trust_remote_code=script.trust_remote_code,
+        script.reward_model_name,
+        num_labels=1,
+        token=hub.token,
+        trust_remote_code=script.trust_remote_code,
         **dtype_kwarg(dtype),
     )
     reward_model.config.pad_token_id = rm_tokenizer.pad_token_id
@@ -189,17 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.adafactor:
         from transformers.optimization import Adafactor
 
-        optimizer = Adafactor(trainable, lr=cfg.learning_rate, scale_parameter=False, relative_step=False,
-                              warmup_init=False)
+        optimizer = Adafactor(
+            trainable, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
+        )
     else:
         optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate)
     policy, optimizer = accelerator.prepare(policy, optimizer)
 
     # ------------------------------------------------------------------ engine, resume, trackers
-    engine = PPOEngine(cfg, accelerator, policy, optimizer, tokenizer, RewardScorer(reward_model, rm_tokenizer, rm_fmt),
-                       ref_model, reward_stats, script.seed)
-    sampler = PromptSampler(len(prompts), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
-                            script.seed)
+    engine = PPOEngine(
+        cfg,
+        accelerator,
+        policy,
+        optimizer,
+        tokenizer,
+        RewardScorer(reward_model, rm_tokenizer, rm_fmt),
+        ref_model,
+        reward_stats,
+        script.seed,
+    )
+    sampler = PromptSampler(
+        len(prompts), cfg.batch_size, accelerator.num_processes, accelerator.process_index, script.seed
+    )
     torch.manual_seed(script.seed + accelerator.process_index)  # each process samples different responses
     step = 0
     if resume is not None:
@@ -228,33 +258,68 @@ def main(argv: list[str] | None = None) -> int:
         except FloatingPointError as err:
             raise UsageError(f"step {step + 1}: {err}; nothing saved for this step") from None
         step += 1
+        # Every rank logs its own coefficient (--debug): the KL control must decide identically on all of them.
+        logger.debug("rank %d step %d: kl_coef %r", accelerator.process_index, step, engine.kl_ctl.value)
         if accelerator.is_main_process:
             write_jsonl(output_dir / "metrics.jsonl", {"step": step, **stats})
             if script.log_samples_every and step % script.log_samples_every == 0:
-                for b, text, score in list(zip(batch, rollout.responses, rollout.raw_scores.tolist()))[:3]:
-                    write_jsonl(output_dir / "samples.jsonl",
-                                {"step": step, "question": b["question"], "response": text, "score": score})
+                for b, text, score in list(zip(batch, rollout.responses, rollout.raw_scores.tolist(), strict=True))[:3]:
+                    write_jsonl(
+                        output_dir / "samples.jsonl",
+                        {"step": step, "question": b["question"], "response": text, "score": score},
+                    )
         accelerator.log(stats, step=step)
         bar.update(1)
         bar.set_postfix(reward=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}")
         if script.save_freq and step % script.save_freq == 0 and step < total:
-            save_checkpoint(output_dir / f"step_{step}", accelerator, engine, sampler, tokenizer, fmt, step,
-                            merged=script.save_merged)
+            save_checkpoint(
+                output_dir / f"step_{step}",
+                accelerator,
+                engine,
+                sampler,
+                tokenizer,
+                fmt,
+                step,
+                merged=script.save_merged,
+            )
         if _any_rank(accelerator, stop.requested):
-            save_checkpoint(output_dir / f"step_{step}", accelerator, engine, sampler, tokenizer, fmt, step,
-                            merged=script.save_merged)
-            logger.warning("SIGTERM: saved %s; continue with the same command plus --resume_from_checkpoint "
-                           "latest", output_dir / f"step_{step}")
-            accelerator.end_training()
-            return 143
+            save_checkpoint(
+                output_dir / f"step_{step}",
+                accelerator,
+                engine,
+                sampler,
+                tokenizer,
+                fmt,
+                step,
+                merged=script.save_merged,
+            )
+            logger.warning(
+                "SIGTERM: saved %s; continue with the same command plus --resume_from_checkpoint latest",
+                output_dir / f"step_{step}",
+            )
+            return _finish(accelerator, 143)
     bar.close()
 
     # ------------------------------------------------------------------ save
-    save_checkpoint(output_dir / "final", accelerator, engine, sampler, tokenizer, fmt, step, merged=True,
-                    final=True)
-    accelerator.end_training()
+    save_checkpoint(output_dir / "final", accelerator, engine, sampler, tokenizer, fmt, step, merged=True, final=True)
     logger.info("PPO done: %d steps; policy in %s", step, output_dir / "final")
-    return 0
+    return _finish(accelerator, 0)
+
+
+def _finish(accelerator: Any, code: int) -> int:
+    """Close the trackers and the process group; with several processes, leave right away.
+
+    Freeing the DDP model after the process group is gone joins gloo's worker threads while holding the GIL, and a
+    worker that still has to free the last collective's tensors waits for that GIL: a deadlock at exit (about one
+    2-process CPU run in ten on a loaded machine). Everything is written and closed by now, so skip the teardown.
+    """
+    accelerator.end_training()
+    if accelerator.num_processes > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _any_rank(accelerator: Any, flag: bool) -> bool:

@@ -58,8 +58,10 @@ class PPOConfig:
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     steps: int = field(
         default=20000,
-        metadata={"help": "Total episodes (prompts) to train on across all processes; PPO steps = "
-                  "ceil(steps / (batch_size * processes)), as in the reference."},
+        metadata={
+            "help": "Total episodes (prompts) to train on across all processes; PPO steps = "
+            "ceil(steps / (batch_size * processes)), as in the reference."
+        },
     )
     init_kl_coef: float = field(default=0.2, metadata={"help": "Initial KL penalty coefficient."})
     adap_kl_ctrl: bool = field(default=True, metadata={"help": "Adapt the KL coefficient toward --kl_target."})
@@ -92,8 +94,10 @@ class PPOConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs use the same)."})
     output_max_length: int = field(
         default=128,
-        metadata={"help": "Response length is drawn uniformly from [32, output_max_length) per generation batch, "
-                  "like the reference; see --response_length."},
+        metadata={
+            "help": "Response length is drawn uniformly from [32, output_max_length) per generation batch, "
+            "like the reference; see --response_length."
+        },
     )
     response_length: int | None = field(
         default=None, metadata={"help": "Fixed response length (max new tokens) instead of the sampled one."}
@@ -104,19 +108,29 @@ class PPOConfig:
     )
     static_shapes: bool = field(
         default=False,
-        metadata={"help": "Pad prompts to --max_prompt_length and responses to the response length, so every step "
-                  "has the same tensor shapes (needed for Gaudi graphs; works everywhere)."},
+        metadata={
+            "help": "Pad prompts to --max_prompt_length and responses to the response length, so every step "
+            "has the same tensor shapes (needed for Gaudi graphs; works everywhere)."
+        },
     )
     stop_on_nonfinite: bool = field(
         default=False,
-        metadata={"help": "Stop on a NaN/inf loss or reward instead of skipping that minibatch/step (default: skip "
-                  "and log it)."},
+        metadata={
+            "help": "Stop on a NaN/inf loss or reward instead of skipping that minibatch/step (default: skip "
+            "and log it)."
+        },
     )
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ValueError naming the flag for contradictory or out-of-range values."""
-        positive = ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "steps",
-                    "max_prompt_length")
+        positive = (
+            "batch_size",
+            "mini_batch_size",
+            "gradient_accumulation_steps",
+            "ppo_epochs",
+            "steps",
+            "max_prompt_length",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
@@ -142,6 +156,13 @@ class PPOConfig:
         for name in ("learning_rate", "cliprange", "cliprange_value", "target_kl", "kl_target", "kl_horizon"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
+        # Unset means off/default; a set value must be usable (these used to fail mid-run with a traceback).
+        for name in ("forward_batch_size", "reward_clip"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name}: expected a value in [0, 1], got {getattr(self, name)}")
 
     def num_steps(self, world_size: int) -> int:
         return math.ceil(self.steps / (self.batch_size * world_size))
@@ -278,7 +299,15 @@ class PPOEngine:
             pad_token_id=pad,
         )
         lm = self.unwrapped.lm
-        out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+        # generate() fills every setting we leave unset from the checkpoint's generation_config.json (a
+        # repetition_penalty, min_p, suppressed tokens...), which would reshape the distribution the log-probs
+        # describe. Lend the model our config for the call, so nothing else applies.
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        saved, base.generation_config = base.generation_config, gen_config
+        try:
+            out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+        finally:
+            base.generation_config = saved
         responses = out[:, width:]
         if self.config.static_shapes and responses.shape[1] < max_new_tokens:
             fill = torch.full((responses.shape[0], max_new_tokens - responses.shape[1]), pad, device=device)
@@ -307,11 +336,19 @@ class PPOEngine:
             if self.ref_model is None:
                 lm = self.unwrapped.lm
                 with adapter_disabled(lm):
-                    logits = lm(input_ids=input_ids[part], attention_mask=attention_mask[part],
-                                position_ids=position_ids[part], use_cache=False).logits
+                    logits = lm(
+                        input_ids=input_ids[part],
+                        attention_mask=attention_mask[part],
+                        position_ids=position_ids[part],
+                        use_cache=False,
+                    ).logits
             else:
-                logits = self.ref_model(input_ids=input_ids[part], attention_mask=attention_mask[part],
-                                        position_ids=position_ids[part], use_cache=False).logits
+                logits = self.ref_model(
+                    input_ids=input_ids[part],
+                    attention_mask=attention_mask[part],
+                    position_ids=position_ids[part],
+                    use_cache=False,
+                ).logits
             out.append(response_logprobs(logits, input_ids[part], width, self.config.temperature)[0])
         return torch.cat(out)
 
@@ -319,8 +356,7 @@ class PPOEngine:
         cfg = self.config
         self.policy.eval()  # dropout off for rollout and update alike: log-probs must not depend on a mask
         start = time.perf_counter()
-        prompt_ids, prompt_mask, raw_responses = self.generate([b["prompt_ids"] for b in batch],
-                                                                self.response_length())
+        prompt_ids, prompt_mask, raw_responses = self.generate([b["prompt_ids"] for b in batch], self.response_length())
         self._timed("generate", start)
 
         eos = self.eos_ids if isinstance(self.eos_ids, list) else [self.eos_ids]
@@ -343,10 +379,12 @@ class PPOEngine:
             self.tokenizer.decode(ids[mask], skip_special_tokens=False)
             for ids, mask in zip(responses.cpu(), response_mask.cpu(), strict=True)
         ]
-        self.forward_calls["reward"] += 1
-        raw_scores = self.scorer([b["system"] for b in batch], [b["question"] for b in batch], texts).to(
-            logprobs.device
-        )
+        systems, questions = [b["system"] for b in batch], [b["question"] for b in batch]
+        raw_scores = []
+        for part in self._chunks(len(batch)):  # the reward model is a no-grad rollout forward too
+            self.forward_calls["reward"] += 1
+            raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
+        raw_scores = torch.cat(raw_scores).to(logprobs.device)
         self._timed("score", start)
 
         mean = std = None
@@ -355,13 +393,29 @@ class PPOEngine:
         scores = normalize_scores(raw_scores, mean, std, cfg.reward_clip, cfg.reward_baseline)
         scores = missing_eos_penalty(scores, has_eos.to(scores.device), cfg.missing_eos_penalty)
 
-        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value,
-                                           cfg.kl_estimator)
+        rewards, kl = kl_penalized_rewards(
+            scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value, cfg.kl_estimator
+        )
         advantages, returns = gae_advantages(values, rewards, response_mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, response_mask)
         return Rollout(
-            input_ids, attention_mask, position_ids, width, response_mask, logprobs, ref_logprobs, values, scores,
-            raw_scores, rewards, kl, advantages, returns, has_eos, entropy, texts,
+            input_ids,
+            attention_mask,
+            position_ids,
+            width,
+            response_mask,
+            logprobs,
+            ref_logprobs,
+            values,
+            scores,
+            raw_scores,
+            rewards,
+            kl,
+            advantages,
+            returns,
+            has_eos,
+            entropy,
+            texts,
         )
 
     # ------------------------------------------------------------------ update
@@ -376,7 +430,7 @@ class PPOEngine:
         self.first_minibatch_max_abs_logratio = None
         self.policy.eval()
         start = time.perf_counter()
-        for epoch in range(cfg.ppo_epochs):
+        for _epoch in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=self.shuffle_generator).to(ro.input_ids.device)
             for b_start in range(0, n, backward_size):
                 approx_kls = []
@@ -384,16 +438,17 @@ class PPOEngine:
                     idx = order[m_start : m_start + cfg.mini_batch_size]
                     mask = ro.response_mask[idx]
                     logits, values = self.policy(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx])
-                    logprobs, entropy = response_logprobs(logits, ro.input_ids[idx], ro.prompt_width,
-                                                          cfg.temperature)
+                    logprobs, entropy = response_logprobs(logits, ro.input_ids[idx], ro.prompt_width, cfg.temperature)
                     values = values[:, ro.prompt_width - 1 : -1]
                     if self.first_minibatch_max_abs_logratio is None:
                         diff = (logprobs - ro.logprobs[idx]).detach().abs()
                         self.first_minibatch_max_abs_logratio = diff[mask].max().item()
-                    pg_loss, pg_stats = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask,
-                                                            cfg.cliprange)
-                    vf_loss, vf_stats = clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask,
-                                                           cfg.cliprange_value)
+                    pg_loss, pg_stats = clipped_policy_loss(
+                        logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange
+                    )
+                    vf_loss, vf_stats = clipped_value_loss(
+                        values, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value
+                    )
                     loss = pg_loss + cfg.vf_coef * vf_loss
                     if not torch.isfinite(loss):
                         if cfg.stop_on_nonfinite:
@@ -514,6 +569,9 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop rows logged after ``last_step`` (a resumed run re-logs them), keeping the file one clean history."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-            and json.loads(line).get("step", 0) <= last_step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

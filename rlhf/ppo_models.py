@@ -24,8 +24,10 @@ class PolicyWithValue(nn.Module):
     def __init__(self, lm: nn.Module, value_dropout: float = 0.0) -> None:
         super().__init__()
         self.lm = lm
-        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else (
-            lm.config.hidden_size
+        hidden = (
+            lm.config.get_text_config().hidden_size
+            if hasattr(lm.config, "get_text_config")
+            else (lm.config.hidden_size)
         )
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1e-3 / hidden**0.5)
@@ -76,11 +78,10 @@ def adapter_disabled(model: nn.Module) -> Any:
 class RewardScorer:
     """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, batch_size: int = 16) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.fmt = fmt
-        self.batch_size = batch_size
 
     def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
         from rlhf.data import encode_completion, encode_text
@@ -90,6 +91,7 @@ class RewardScorer:
 
     @torch.no_grad()
     def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
-        """Scores, shape ``(B,)`` float32. ``responses`` end with the EOS text when the policy stopped."""
+        """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
+        ``responses`` end with the EOS text when the policy stopped."""
         sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
         return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))

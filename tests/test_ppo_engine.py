@@ -1,0 +1,582 @@
+"""The PPO engine in-process with tiny models: ratio 1 at the first minibatch, padding invariance, EOS handling,
+forward-call counts (checked with hooks on the real modules), config validation, static shapes, and that it learns.
+
+Every model here is tiny (2 layers, 32 wide) and built locally; nothing touches the hub. Torch runs on one thread
+(the test machines are small and shared; two threads on two busy cores were ten times slower, not faster).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_training import PPOLoraArguments
+from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine
+from rlhf.ppo_models import PolicyWithValue, RewardScorer, position_ids_from_mask, response_logprobs
+from rlhf.prompt_format import PromptFormat
+from tiny import ORCA_ROWS, build_llama, build_tokenizer
+
+# Log-probs/values of the same tokens computed in differently shaped batches (other rows, other padding) agree to
+# float32 rounding (observed <= 1e-6); 1e-5 is far below what a real bug does (attending to a pad token or wrong
+# absolute positions move log-probs by > 1e-3, checked below).
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def fmt(tokenizer) -> PromptFormat:
+    return PromptFormat("chat", tokenizer.eos_token, tokenizer.chat_template)
+
+
+@pytest.fixture(scope="module")
+def reward_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(123)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+def prompts(tokenizer, fmt, n: int = 8) -> list[dict]:
+    """``n`` prompts cycling over the four Orca rows (prompt lengths differ, so the batch is left-padded)."""
+    out = []
+    for i in range(n):
+        row = ORCA_ROWS[i % len(ORCA_ROWS)]
+        text = fmt.render_prompt(row["system"], row["question"], tokenizer)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append({"system": row["system"], "question": row["question"], "prompt_ids": ids})
+    assert len({len(p["prompt_ids"]) for p in out}) > 1
+    return out
+
+
+def make_engine(
+    model_dir: Path, tokenizer, scorer, seed: int = 0, lr: float = 1.41e-5, peft: bool = True, **overrides
+) -> PPOEngine:
+    """The objects rl_training.main builds, on one CPU process."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    settings = {
+        "batch_size": 8,
+        "mini_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "ppo_epochs": 2,
+        "output_max_length": 40,
+        "learning_rate": lr,
+        **overrides,
+    }
+    cfg = PPOConfig(**settings)
+    cfg.validate()
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    ref_model = None
+    if peft:
+        from peft import get_peft_model
+
+        lm = get_peft_model(lm, PPOLoraArguments().peft_config("CAUSAL_LM"))
+    else:
+        import copy
+
+        ref_model = copy.deepcopy(lm).eval().requires_grad_(False)
+    policy = PolicyWithValue(lm)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    accelerator = Accelerator(cpu=True)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    engine = PPOEngine(cfg, accelerator, policy, optimizer, tokenizer, scorer, ref_model, None, seed)
+    torch.manual_seed(seed)
+    return engine
+
+
+@pytest.fixture()
+def engine_factory(tiny_dir, tokenizer, fmt, reward_model):
+    def build(**kwargs) -> PPOEngine:
+        scorer = kwargs.pop("scorer", None) or RewardScorer(reward_model, tokenizer, fmt)
+        return make_engine(kwargs.pop("model_dir", tiny_dir), tokenizer, scorer, **kwargs)
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------------- ratio & KL
+
+
+def test_first_minibatch_ratio_is_one_and_kl_zero_for_fresh_lora(engine_factory, tokenizer, fmt, tiny_dir):
+    engine = engine_factory(lr=3e-3)
+    batch = prompts(tokenizer, fmt)
+    stats, ro = engine.step(batch)
+    # Fresh LoRA: B = 0, so policy == reference exactly and the per-token KL is 0.
+    assert engine.first_minibatch_max_abs_logratio < 1e-5
+    assert stats["policy/first_minibatch_max_abs_logratio"] < 1e-5
+    assert ro.kl[ro.response_mask].abs().max().item() < 1e-5
+    assert abs(stats["objective/kl"]) < 1e-4
+    torch.testing.assert_close(ro.logprobs[ro.response_mask], ro.ref_logprobs[ro.response_mask], rtol=0, atol=TOL)
+
+    # After an update the policy differs from the reference; the first minibatch of the next step must still see
+    # ratio 1 (old log-probs come from the same network in the same mode), while KL is now non-zero.
+    stats, ro = engine.step(batch)
+    assert engine.first_minibatch_max_abs_logratio < 1e-5
+    assert ro.kl[ro.response_mask].abs().max().item() > 1e-4
+    assert math.isfinite(stats["objective/kl"])
+
+    # The reference is the base model: the adapter really is switched off for it.
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    with torch.no_grad():
+        logits = base(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids).logits
+    base_lp, _ = response_logprobs(logits, ro.input_ids, ro.prompt_width, engine.config.temperature)
+    torch.testing.assert_close(ro.ref_logprobs[ro.response_mask], base_lp[ro.response_mask], rtol=0, atol=TOL)
+    assert (ro.logprobs - base_lp)[ro.response_mask].abs().max().item() > 1e-4
+
+
+def test_first_minibatch_ratio_is_one_full_finetune(engine_factory, tokenizer, fmt):
+    engine = engine_factory(peft=False, lr=1e-3)
+    batch = prompts(tokenizer, fmt)
+    stats, ro = engine.step(batch)
+    assert engine.first_minibatch_max_abs_logratio < 1e-5
+    assert ro.kl[ro.response_mask].abs().max().item() < 1e-5  # frozen copy == policy before the first update
+    engine.step(batch)
+    assert engine.first_minibatch_max_abs_logratio < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------- padding
+
+
+def tiny_gpt2():
+    """A 2-layer GPT-2: absolute position embeddings, where wrong position ids under left padding DO matter."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=400, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_logprobs_and_values_do_not_depend_on_left_padding(tiny_dir, arch):
+    """One sequence alone vs. left-padded next to a longer one (and right-padded after its response).
+
+    Tolerance: 1e-5 absolute on log-probs and values (float32).
+    """
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_dir)) if arch == "llama" else tiny_gpt2()
+    with torch.no_grad():  # random init attends almost uniformly; sharpen attention so context matters
+        for name, param in lm.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "c_attn.weight")):
+                param.mul_(20.0)
+    lm.eval()
+    policy = PolicyWithValue(lm).eval()
+    torch.nn.init.normal_(policy.value_head.weight, std=1.0)  # the zero-ish init would make values trivially equal
+    g = torch.Generator().manual_seed(0)
+    short_prompt = torch.randint(5, 390, (5,), generator=g)
+    long_prompt = torch.randint(5, 390, (13,), generator=g)
+    response = torch.randint(5, 390, (7,), generator=g)
+    pad = 3
+
+    def run(ids: torch.Tensor, mask: torch.Tensor, width: int, position_ids: torch.Tensor | None = None):
+        position_ids = position_ids_from_mask(mask) if position_ids is None else position_ids
+        with torch.no_grad():
+            logits, values = policy(ids, mask, position_ids)
+        lp, _ = response_logprobs(logits, ids, width, temperature=0.7)
+        return lp, values[:, width - 1 : -1]
+
+    # Alone: no padding at all.
+    alone_ids = torch.cat([short_prompt, response]).unsqueeze(0)
+    lp_alone, v_alone = run(alone_ids, torch.ones_like(alone_ids), len(short_prompt))
+
+    # Batched: row 0 = short prompt left-padded to 13; row 1 = long prompt with a 4-token response right-padded.
+    width = len(long_prompt)
+    row0 = torch.cat([torch.full((width - len(short_prompt),), pad), short_prompt, response])
+    row1 = torch.cat([long_prompt, response[:4], torch.full((3,), pad)])
+    ids = torch.stack([row0, row1])
+    mask = torch.ones_like(ids)
+    mask[0, : width - len(short_prompt)] = 0
+    mask[1, width + 4 :] = 0
+    lp_batch, v_batch = run(ids, mask, width)
+    torch.testing.assert_close(lp_batch[0], lp_alone[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(v_batch[0], v_alone[0], rtol=0, atol=TOL)
+    assert v_alone.abs().max() > 1e-2  # values are not trivially zero
+
+    # Row 1's real response tokens equal the same sequence without the right padding.
+    solo1 = torch.cat([long_prompt, response[:4]]).unsqueeze(0)
+    lp1, v1 = run(solo1, torch.ones_like(solo1), width)
+    torch.testing.assert_close(lp_batch[1, :4], lp1[0], rtol=0, atol=TOL)
+    torch.testing.assert_close(v_batch[1, :4], v1[0], rtol=0, atol=TOL)
+
+    # The check has teeth: attending to the pads changes the result, and so do naive position ids for a model
+    # with absolute positions (RoPE is shift-invariant, so for Llama they happen not to matter).
+    lp_attend_pads, _ = run(ids, torch.ones_like(ids), width)
+    assert (lp_attend_pads[0] - lp_alone[0]).abs().max() > 1e-3
+    if arch == "gpt2":
+        lp_naive, _ = run(ids, mask, width, torch.arange(ids.shape[1]).expand_as(ids))
+        assert (lp_naive[0] - lp_alone[0]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------- EOS
+
+
+def eos_bias_hook(engine: PPOEngine, bias: float):
+    """Make the policy emit EOS often: add ``bias`` to the EOS logit of every forward (generation included)."""
+    head = engine.unwrapped.lm.get_base_model().lm_head
+    eos = engine.tokenizer.eos_token_id
+
+    def hook(module, args, output):
+        output = output.clone()
+        output[..., eos] += bias
+        return output
+
+    return head.register_forward_hook(hook)
+
+
+def test_rollout_cuts_after_first_eos_and_penalises_missing_eos(engine_factory, tokenizer, fmt):
+    engine = engine_factory(response_length=40, missing_eos_penalty=-1.0)
+    handle = eos_bias_hook(engine, 2.5)  # p(EOS) ~ 3% per token: some rows stop, some do not
+    try:
+        ro = engine.rollout(prompts(tokenizer, fmt))
+    finally:
+        handle.remove()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    responses = ro.input_ids[:, ro.prompt_width :]
+    assert ro.has_eos.any() and not ro.has_eos.all(), "the fixed seed should give both kinds of rows"
+    for i in range(len(responses)):
+        row, mask = responses[i], ro.response_mask[i]
+        eos_positions = (row == eos).nonzero().flatten().tolist()
+        if ro.has_eos[i]:
+            first = eos_positions[0]
+            assert mask[: first + 1].all() and not mask[first + 1 :].any()
+            assert (row[first + 1 :] == pad).all()
+            assert ro.responses[i].endswith(tokenizer.eos_token)
+            assert ro.responses[i].count(tokenizer.eos_token) == 1
+        else:
+            assert not eos_positions
+            assert mask.all()
+            assert not ro.responses[i].endswith(tokenizer.eos_token)
+    # The attention mask of the response part is the response mask; masked positions carry no KL or reward.
+    assert torch.equal(ro.attention_mask[:, ro.prompt_width :].bool(), ro.response_mask)
+    assert (ro.kl[~ro.response_mask] == 0).all() and (ro.rewards[~ro.response_mask] == 0).all()
+    # Missing-EOS penalty: exactly the rows without EOS lose 1.
+    expected = ro.raw_scores + torch.where(ro.has_eos, 0.0, -1.0)
+    torch.testing.assert_close(ro.scores, expected)
+    # The score lands on the last real token (EOS for rows that stopped).
+    last = ro.response_mask.long().sum(1) - 1
+    rows = torch.arange(len(last))
+    torch.testing.assert_close(ro.rewards[rows, last] + engine.kl_ctl.value * ro.kl[rows, last], ro.scores)
+
+
+@pytest.fixture(scope="module")
+def opinionated_dir(tmp_path_factory, tiny_dir) -> Path:
+    """The tiny model with a generation_config.json that reshapes sampling, like many chat checkpoints do
+    (Qwen2.5-Instruct ships repetition_penalty 1.05, top_k 20, top_p 0.8, temperature 0.7); extreme values here."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-opinionated")
+    for path in tiny_dir.iterdir():
+        shutil.copy(path, folder / path.name)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(
+        {
+            "suppress_tokens": list(range(4, 390)),
+            "no_repeat_ngram_size": 1,
+            "repetition_penalty": 10.0,
+            "min_p": 0.9,
+            "top_k": 5,
+            "top_p": 0.5,
+            "temperature": 0.1,
+            "do_sample": False,
+        }
+    )
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("peft", [True, False])
+def test_sampling_ignores_the_checkpoints_generation_config(engine_factory, opinionated_dir, tokenizer, fmt, peft):
+    """Responses are drawn from softmax(logits / --temperature) alone: the log-probs PPO uses are those of the
+    sampling distribution only if no processor from generation_config.json (penalties, suppressed tokens, min_p,
+    top-k/p) reshapes it."""
+    engine = engine_factory(model_dir=opinionated_dir, response_length=40, peft=peft)
+    ro = engine.rollout(prompts(tokenizer, fmt))
+    tokens = ro.input_ids[:, ro.prompt_width :][ro.response_mask]
+    suppressed = ((tokens >= 4) & (tokens < 390)).float().mean().item()
+    assert suppressed > 0.8  # ~96% of a near-uniform 400-token vocabulary
+    responses = ro.input_ids[:, ro.prompt_width :]
+    rows = zip(responses, ro.response_mask, strict=True)
+    assert any(len(set(row[mask].tolist())) < int(mask.sum()) for row, mask in rows)  # a token repeats somewhere
+    # The checkpoint's own settings are left as they were.
+    lm = engine.unwrapped.lm
+    assert (lm.get_base_model() if peft else lm).generation_config.repetition_penalty == 10.0
+
+
+def test_response_length_sampler_bounds(engine_factory, tokenizer, fmt):
+    engine = engine_factory(output_max_length=36)
+    lengths = [engine.response_length() for _ in range(300)]
+    assert min(lengths) == MIN_RESPONSE_LENGTH and max(lengths) == 35
+    assert all(MIN_RESPONSE_LENGTH <= n < 36 for n in lengths)
+    # A real rollout never generates more than the drawn length.
+    engine = engine_factory(output_max_length=36)
+    probe = engine_factory(output_max_length=36)  # same seed: the same next draw
+    drawn = probe.response_length()
+    ro = engine.rollout(prompts(tokenizer, fmt))
+    assert ro.input_ids.shape[1] - ro.prompt_width <= drawn
+    fixed = engine_factory(response_length=7)
+    assert {fixed.response_length() for _ in range(20)} == {7}
+
+
+# ---------------------------------------------------------------------------------------------------- forward counts
+
+
+class ForwardLog:
+    """Forward hooks on the real modules, each call tagged with the engine phase (generate / rollout / update) and
+    whether the LoRA adapter was switched off at the time."""
+
+    def __init__(self, engine: PPOEngine, reward_model: torch.nn.Module) -> None:
+        self.phase = "rollout"
+        self.events: list[tuple[str, str, int, bool]] = []
+        peft_lm = engine.unwrapped.lm
+        self.lora_layers = [m for m in peft_lm.modules() if hasattr(m, "lora_A")]
+        assert self.lora_layers
+        modules = {
+            "lm": peft_lm.get_base_model().model,
+            "value_head": engine.unwrapped.value_head,
+            "reward": reward_model,
+        }
+        self.handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
+        for name in ("generate", "update"):
+            setattr(engine, name, self._in_phase(name, getattr(engine, name)))
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+            adapters_off = all(layer.disable_adapters for layer in self.lora_layers)
+            self.events.append((self.phase, name, ids.shape[0], adapters_off))
+
+        return hook
+
+    def _in_phase(self, phase: str, fn):
+        def wrapped(*args, **kwargs):
+            previous, self.phase = self.phase, phase
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.phase = previous
+
+        return wrapped
+
+    def calls(self, phase: str, name: str) -> list[tuple[int, bool]]:
+        """(batch size, adapter off) of each call of module ``name`` during ``phase``."""
+        return [(size, off) for p, n, size, off in self.events if p == phase and n == name]
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("forward_batch_size", [None, 3])
+def test_forward_counts_per_rollout_and_update(engine_factory, tokenizer, fmt, reward_model, forward_batch_size):
+    engine = engine_factory(forward_batch_size=forward_batch_size, ppo_epochs=3, response_length=33)
+    log = ForwardLog(engine, reward_model)
+    try:
+        engine.step(prompts(tokenizer, fmt))
+    finally:
+        log.close()
+
+    chunks = [3, 3, 2] if forward_batch_size == 3 else [8]
+    lm_calls = log.calls("rollout", "lm")
+    # Policy: one network forward per chunk, whose hidden states also give the values (value head once per chunk,
+    # no extra network pass); reference: one forward per chunk with the adapter switched off.
+    assert [size for size, off in lm_calls if not off] == chunks
+    assert [size for size, _ in log.calls("rollout", "value_head")] == chunks
+    assert [size for size, off in lm_calls if off] == chunks
+    assert len(lm_calls) == 2 * len(chunks)
+    # Reward model: once per rollout chunk (once per rollout by default); never elsewhere.
+    assert [size for size, _ in log.calls("rollout", "reward")] == chunks
+    assert log.calls("update", "reward") == [] and log.calls("generate", "reward") == []
+    # Update: ppo_epochs x (batch / mini) policy forwards of mini_batch_size rows each, adapter on.
+    cfg = engine.config
+    expected = cfg.ppo_epochs * cfg.batch_size // cfg.mini_batch_size
+    assert log.calls("update", "lm") == [(cfg.mini_batch_size, False)] * expected
+    assert len(log.calls("update", "value_head")) == expected
+    # Generation uses the LM (many calls) but never the value head.
+    assert log.calls("generate", "lm") and not log.calls("generate", "value_head")
+    # The engine's own counters agree with the hooks.
+    assert dict(engine.forward_calls) == {"policy": len(chunks), "reference": len(chunks), "reward": len(chunks)}
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_early_stopping_ends_the_epochs_after_one_optimizer_step(
+    engine_factory, tokenizer, fmt, reward_model, early_stopping
+):
+    """With --early_stopping and a target_kl no update can stay under, the update stops after its first optimizer
+    step (gradient_accumulation_steps minibatches); without it, all ppo_epochs x batch/mini minibatches run."""
+    engine = engine_factory(lr=1e-2, early_stopping=early_stopping, target_kl=1e-12, ppo_epochs=3)
+    log = ForwardLog(engine, reward_model)
+    try:
+        stats, _ = engine.step(prompts(tokenizer, fmt))
+    finally:
+        log.close()
+    cfg = engine.config
+    # approx KL is measured on the minibatches of the first optimizer step, before that step changes anything:
+    # it is ~0, so the stop comes after the second optimizer step.
+    expected = 2 * cfg.gradient_accumulation_steps if early_stopping else cfg.ppo_epochs * cfg.batch_size // 2
+    assert len(log.calls("update", "value_head")) == expected
+    assert stats["ppo/early_stopped"] == float(early_stopping)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 6, "mini_batch_size": 2, "gradient_accumulation_steps": 2}, "must be a multiple of"),
+        ({"output_max_length": 32}, "--output_max_length 32"),
+        ({"output_max_length": 10}, "--response_length"),
+        ({"kl_estimator": "k2"}, "--kl_estimator"),
+        ({"mini_batch_size": 0}, "--mini_batch_size"),
+        ({"temperature": 0.0}, "--temperature"),
+        ({"response_length": 0}, "--response_length"),
+        ({"forward_batch_size": -1}, "--forward_batch_size"),
+        ({"reward_clip": 0.0}, "--reward_clip"),
+        ({"lam": 1.5}, "--lam"),
+        ({"gamma": -0.1}, "--gamma"),
+    ],
+)
+def test_config_validate_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("-", r"\-")):
+        PPOConfig(**overrides).validate()
+
+
+def test_config_validate_accepts_reference_values():
+    PPOConfig(batch_size=8, mini_batch_size=1, gradient_accumulation_steps=8, output_max_length=128).validate()
+    PPOConfig(
+        batch_size=8, mini_batch_size=2, gradient_accumulation_steps=2, output_max_length=10, response_length=10
+    ).validate()
+    PPOConfig(forward_batch_size=3, reward_clip=5.0, gamma=1.0, lam=0.0).validate()
+    PPOConfig().validate()  # the reference defaults: batch 32 = 1 x 4 x 8
+    assert PPOConfig(steps=20000, batch_size=8).num_steps(world_size=8) == 313  # ceil(20000 / 64)
+
+
+# ---------------------------------------------------------------------------------------------------- static shapes
+
+
+def test_static_shapes_match_dynamic_shapes(engine_factory, tokenizer, fmt):
+    batch = prompts(tokenizer, fmt)
+    results = {}
+    for static in (False, True):
+        engine = engine_factory(static_shapes=static, max_prompt_length=48, response_length=36)
+        handle = eos_bias_hook(engine, 2.5)  # some rows stop early, so response padding is exercised too
+        try:
+            results[static] = engine.rollout(batch)
+        finally:
+            handle.remove()
+    dyn, sta = results[False], results[True]
+    assert sta.prompt_width == 48 and sta.input_ids.shape[1] == 48 + 36
+    assert dyn.prompt_width < 48
+    n = dyn.response_mask.shape[1]
+    assert torch.equal(sta.response_mask[:, :n], dyn.response_mask) and not sta.response_mask[:, n:].any()
+    mask = dyn.response_mask
+    assert torch.equal(sta.input_ids[:, sta.prompt_width :][:, :n][mask], dyn.input_ids[:, dyn.prompt_width :][mask])
+    assert sta.responses == dyn.responses
+    for name in ("logprobs", "ref_logprobs", "values"):
+        torch.testing.assert_close(
+            getattr(sta, name)[:, :n][mask], getattr(dyn, name)[mask], rtol=0, atol=TOL, msg=name
+        )
+    torch.testing.assert_close(sta.raw_scores, dyn.raw_scores, rtol=0, atol=TOL)
+    torch.testing.assert_close(sta.advantages[:, :n][mask], dyn.advantages[mask], rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- it learns
+
+MARKERS = [f"<|m{i}|>" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def marker_dir(tmp_path_factory) -> Path:
+    """A tiny Llama with 40 extra special 'marker' tokens (~10% of the vocabulary) that the policy can steer toward.
+
+    A random 32-wide model's output rows are too small (std 0.02) for its hidden state to move any logit much. The
+    markers' output rows are set to one shared direction ``u`` (norm 1), so pushing the hidden state along ``u``
+    raises all of them at once: a reward a tiny model can chase in a few steps.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-markers")
+    tok = build_tokenizer(folder)
+    tok.add_special_tokens({"additional_special_tokens": MARKERS})
+    tok.save_pretrained(str(folder))
+    build_llama(folder, tok)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    u = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.lm_head.weight[tok.convert_tokens_to_ids(MARKERS)] = u / u.norm()
+    model.save_pretrained(str(folder))
+    return folder
+
+
+class MarkerScorer:
+    """Reward = fraction of marker tokens in the response (special tokens survive decode/encode exactly)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids = set(tokenizer.convert_tokens_to_ids(MARKERS))
+
+    def __call__(self, systems, questions, responses) -> torch.Tensor:
+        scores = []
+        for text in responses:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            scores.append(sum(i in self.ids for i in ids) / max(len(ids), 1))
+        return torch.tensor(scores)
+
+
+def test_ppo_learns_a_reward_it_can_chase(marker_dir):
+    """24 PPO steps (LoRA, batch 8, 8-token responses): mean score of the last 4 steps beats the first 4 by > 0.2
+    (observed at seeds 0-3: ~0.15-0.2 -> 0.5-0.97), with a finite KL throughout."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(marker_dir))
+    engine = make_engine(
+        marker_dir,
+        tokenizer,
+        MarkerScorer(tokenizer),
+        seed=0,
+        lr=2e-3,
+        batch_size=8,
+        mini_batch_size=4,
+        gradient_accumulation_steps=1,
+        ppo_epochs=4,
+        response_length=8,
+        init_kl_coef=0.01,
+    )
+    batch = prompts(tokenizer, PromptFormat("chat", tokenizer.eos_token, tokenizer.chat_template))
+    history = [engine.step(batch)[0] for _ in range(24)]
+    scores = [s["objective/scores"] for s in history]
+    first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
+    assert all(math.isfinite(s["objective/kl"]) and math.isfinite(s["objective/kl_coef"]) for s in history)
+    assert history[-1]["objective/kl"] > 0.1  # it moved away from the reference to get there
+    assert last > first + 0.2, [round(s, 3) for s in scores]

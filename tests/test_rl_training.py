@@ -1,0 +1,430 @@
+"""rl_training.py end to end, run as users run it: usage errors, the reference command line under wandb offline with
+a token that must never be written, exact resume after SIGKILL and after SIGTERM, checkpoint folders that are never
+half-written, and a 2-process CPU run (torchrun, gloo) with its own exact resume.
+
+Subprocesses run torch on one thread: on a small shared machine, two threads per process are much slower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from rlhf.checkpoint import COMPLETE_MARKER
+from rlhf.ppo_checkpoint import find_latest, resolve_checkpoint
+from rlhf.prompt_format import PromptFormat
+from tiny import ORCA_ROWS, write_rows
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+TOKEN = "hf_TestTokenThatMustNeverBeWritten42"
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory, tiny_dir) -> Path:
+    """A reward-model folder as reward_modeling.py leaves it: 1-label Llama classifier, tokenizer, prompt format."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-rm")
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        num_labels=1,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    PromptFormat("chat", tok.eos_token, tok.chat_template).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> Path:
+    return write_rows(tmp_path_factory.mktemp("rows") / "orca.jsonl", ORCA_ROWS)
+
+
+def base_args(tiny_dir: Path, rm_dir: Path, rows: Path, out: Path, **flags) -> list[str]:
+    """Fast flags: batch 8 as 4 minibatches of 2, 2 PPO epochs, 8-token responses, one step per 8 prompts. A flag
+    given as None is left out."""
+    settings = {
+        "model_name": tiny_dir,
+        "reward_model_name": rm_dir,
+        "dataset_name": rows,
+        "output_dir": out,
+        "batch_size": 8,
+        "mini_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "ppo_epochs": 2,
+        "response_length": 8,
+        "steps": 16,
+        "seed": 0,
+        "learning_rate": 1e-3,
+        **flags,
+    }
+    return [item for key, value in settings.items() if value is not None for item in (f"--{key}", str(value))]
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_processes():
+    """A failing test must not leave a training run (or torchrun and its workers) behind."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def popen(argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start ``python argv`` in its own process group (so a hung run and its children can all be stopped)."""
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env={**os.environ, **ONE_THREAD, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    STARTED.append(proc)
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """Wait for ``proc``; on timeout kill its whole process group and fail with the end of its stderr."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s; stderr ends with:\n{stderr[-6000:]}")
+
+
+def metrics(out: Path) -> list[dict]:
+    """metrics.jsonl rows without the wall-clock timings (the only values allowed to differ between runs)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def trainable(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "trainable_state.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------- usage errors
+
+
+USAGE_CASES = {
+    "not a multiple": (
+        ["--batch_size", "6", "--mini_batch_size", "2", "--gradient_accumulation_steps", "2"],
+        "must be a multiple of --mini_batch_size x --gradient_accumulation_steps",
+    ),
+    "short output": (["--output_max_length", "32"], "--output_max_length 32"),  # without --response_length
+    "estimator": (["--kl_estimator", "k2"], "--kl_estimator"),
+    "tracker": (["--log_with", "bogus"], "--log_with"),
+    "rm is a causal LM": (["--reward_model_name", "{tiny_dir}"], "ForSequenceClassification"),
+    "habana": (["--use_habana"], "--use_habana"),
+}
+
+
+def check_usage_error(code: int, stdout: str, stderr: str, expected: str) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2, stderr[-2000:]
+    assert len(errors) == 1 and expected in errors[0], stderr[-2000:]
+    assert stderr.rstrip().endswith(errors[0])  # the last thing printed, on one line
+    assert "Traceback" not in stderr + stdout
+
+
+@pytest.fixture()
+def keep_logging():
+    """rl_training.main reconfigures the root logger; give pytest's back after an in-process run."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_CASES))
+def test_usage_errors_are_one_line_exit_2(case, tiny_dir, rm_dir, rows, tmp_path, capsys, keep_logging):
+    """In-process through the CLI entry point (run_main) to keep it fast; the next test runs one as a process."""
+    import rl_training
+    from rlhf.cli import run_main
+
+    extra, expected = USAGE_CASES[case]
+    extra = [arg.format(tiny_dir=tiny_dir) for arg in extra]
+    drop = {"response_length": None} if case == "short output" else {}
+    argv = [*base_args(tiny_dir, rm_dir, rows, tmp_path / "out", **drop), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(rl_training.main, argv)
+    captured = capsys.readouterr()
+    check_usage_error(exit_info.value.code, captured.out, captured.err, expected)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_usage_error_as_a_process(tiny_dir, rm_dir, rows, tmp_path):
+    extra, expected = USAGE_CASES["not a multiple"]
+    argv = [str(ROOT / "rl_training.py"), *base_args(tiny_dir, rm_dir, rows, tmp_path / "out"), *extra]
+    proc = popen(argv)
+    stdout, stderr = finish(proc)
+    check_usage_error(proc.returncode, stdout, stderr, expected)
+
+
+# ---------------------------------------------------------------------------------------------------- reference line
+
+
+def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny_dir, rm_dir, sample_data, tmp_path):
+    out, wandb_dir = tmp_path / "out", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(wandb_dir),
+        "WANDB_CACHE_DIR": str(wandb_dir / "cache"),
+        "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
+        "WANDB_DATA_DIR": str(wandb_dir / "data"),
+        **ONE_THREAD,
+    }
+    # The SPEC command line, verbatim, plus a local dataset, mini_batch_size 1 and one PPO step (8 prompts).
+    reference = (
+        f"--log_with=wandb --model_name={tiny_dir} --reward_model_name={rm_dir} --adafactor=False "
+        f"--tokenizer_name={tiny_dir} --save_freq=100 --output_max_length=128 --batch_size=8 "
+        "--gradient_accumulation_steps=8 --batched_gen=True --ppo_epochs=4 --seed=0 --learning_rate=1.4e-5 "
+        f"--early_stopping=True --output_dir={out} --hf_access_token {TOKEN}"
+    ).split()
+    extra = ["--dataset_name", str(sample_data / "train.jsonl"), "--mini_batch_size", "1", "--steps", "8"]
+    result = run_script("rl_training.py", *reference, *extra, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1]
+    for key in (
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/entropy",
+        "policy/approxkl",
+        "policy/clipfrac",
+        "loss/policy",
+        "loss/value",
+        "val/ratio",
+        "val/num_eos_tokens",
+        "env/reward_mean",
+        "env/reward_std",
+        "objective/kl_coef",
+    ):
+        assert key in rows[0], key
+    assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["ppo/learning_rate"] == 1.4e-5
+    assert 32 <= rows[0]["tokens/responses_len_mean"] < 128
+    final = out / "final"
+    assert (final / COMPLETE_MARKER).is_file() and (final / "model.safetensors").is_file()
+    assert (final / "adapter" / "adapter_config.json").is_file()
+    assert not list(out.glob("step_*"))  # save_freq=100 > 1 step
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].rglob("*.wandb")), "wandb wrote no offline run"
+
+    # wandb recorded the command line (where the token was) with the value replaced: the check below has teeth.
+    recorded = b"".join(path.read_bytes() for path in runs[0].rglob("*.wandb"))
+    assert b"--hf_access_token" in recorded and b"<redacted>" in recorded
+    secret = TOKEN.encode()
+    assert TOKEN not in result.stdout and TOKEN not in result.stderr
+    for folder in (out, wandb_dir):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert secret not in path.read_bytes(), f"token written to {path}"
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not path.is_file():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.05)
+
+
+def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path):
+    """4 steps straight == 2 steps, SIGKILL once step_2 is complete, then resume 'latest' for the rest: same final
+    trainable weights (bit for bit) and the same logged metrics (time/* aside). Half-written folders planted before
+    the resume (a complete-looking .tmp-step_4-*, a step_3 without its marker) must not be taken for the latest
+    checkpoint. Same for SIGTERM after the first step: the run checkpoints the step it is in and exits 143."""
+    straight, killed, termed = tmp_path / "straight", tmp_path / "killed", tmp_path / "termed"
+    script = str(ROOT / "rl_training.py")
+    args = {"steps": 32, "save_freq": 2, "response_length": 12}
+    runs = (straight, killed, termed)
+    procs = {out: popen([script, *base_args(tiny_dir, rm_dir, rows, out, **args)]) for out in runs}
+    wait_for(termed / "metrics.jsonl", procs[termed], "first step")
+    procs[termed].send_signal(signal.SIGTERM)
+    wait_for(killed / "step_2" / COMPLETE_MARKER, procs[killed], "step_2 checkpoint")
+    procs[killed].send_signal(signal.SIGKILL)
+    for out, proc in procs.items():
+        stdout, stderr = finish(proc)
+        expected = {straight: 0, killed: -signal.SIGKILL, termed: 143}[out]
+        assert proc.returncode == expected, (out.name, stderr[-3000:])
+    assert not (killed / "final").exists(), "the run finished before it was killed: the test proves nothing"
+    assert not (termed / "final").exists()
+    stopped_at = len(metrics(termed))
+    assert stopped_at < 4 and (termed / f"step_{stopped_at}" / COMPLETE_MARKER).is_file()
+
+    # Plant what a crash mid-save leaves: a temporary folder (even one holding a marker) and a marker-less step.
+    import shutil
+
+    shutil.copytree(killed / "step_2", killed / ".tmp-step_4-99999")
+    (killed / ".tmp-step_4-99999" / COMPLETE_MARKER).write_text(json.dumps({"step": 4}))
+    shutil.copytree(killed / "step_2", killed / "step_3")
+    (killed / "step_3" / COMPLETE_MARKER).unlink()
+    assert find_latest(killed) == killed / "step_2"
+
+    resumes = {
+        out: popen([script, *base_args(tiny_dir, rm_dir, rows, out, **args), "--resume_from_checkpoint", "latest"])
+        for out in (killed, termed)
+    }
+    for out, proc in resumes.items():
+        stdout, stderr = finish(proc)
+        assert proc.returncode == 0, stderr[-3000:]
+        step = 2 if out == killed else stopped_at
+        assert f"resumed from {out / f'step_{step}'} at step {step}" in stderr
+    assert not list(killed.glob(".tmp-*"))  # stale temporaries are cleaned
+
+    a = trainable(straight / "final")
+    assert any("lora_B" in k for k in a) and any("value_head" in k for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it trained
+    for out in (killed, termed):
+        b = trainable(out / "final")
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (out.name, name)
+        assert metrics(out) == metrics(straight), out.name
+        assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+        assert json.loads((out / "final" / "state.json").read_text()) == json.loads(
+            (straight / "final" / "state.json").read_text()
+        )
+
+    # final/ is a loadable merged policy: the same function as base + saved adapter, and not the base.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[5, 17, 99, 230, 41, 7, 300]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(str(straight / "final")).eval()(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()(ids).logits
+        adapted_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(tiny_dir)), str(straight / "final" / "adapter")
+        )
+        adapted = adapted_model.eval()(ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=0, atol=1e-5)
+    assert (merged - base).abs().max() > 1e-4
+    assert PromptFormat.load(straight / "final") is not None
+
+
+def test_half_written_checkpoints_are_never_latest(tmp_path):
+    def checkpoint(name: str, step: int, complete: bool = True) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+        if complete:
+            (folder / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
+        return folder
+
+    assert find_latest(tmp_path) is None
+    checkpoint("step_2", 2)
+    checkpoint("step_10", 10)  # numeric, not lexical, order: step_10 > step_2
+    checkpoint(".tmp-step_12-4242", 12)  # marker written, rename never happened
+    checkpoint(".old-step_14-4242", 14)  # previous copy being replaced
+    checkpoint("step_16", 16, complete=False)  # interrupted without the atomic writer
+    (tmp_path / "step_18").write_text("not a folder")
+    assert find_latest(tmp_path) == tmp_path / "step_10"
+    assert resolve_checkpoint("latest", tmp_path) == tmp_path / "step_10"
+    assert resolve_checkpoint(None, tmp_path) is None
+    from rlhf.cli import UsageError
+
+    with pytest.raises(UsageError, match="not a complete PPO checkpoint"):
+        resolve_checkpoint(str(tmp_path / "step_16"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- 2 processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(flags: list[str]) -> subprocess.Popen:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    return popen([*launcher, "--master_port", str(free_port()), str(ROOT / "rl_training.py"), *flags, "--debug"])
+
+
+def kl_coefs_per_rank(stderr: str) -> dict[int, dict[int, str]]:
+    """{rank: {step: repr(kl_coef)}} from the per-rank debug lines of rl_training."""
+    coefs: dict[int, dict[int, str]] = {0: {}, 1: {}}
+    for line in stderr.splitlines():
+        if "rl_training: rank " in line and ": kl_coef " in line:
+            head, value = line.split("rl_training: rank ", 1)[1].split(": kl_coef ")
+            rank, step = head.split(" step ")
+            coefs[int(rank)][int(step)] = value.strip()
+    return coefs
+
+
+def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): both ranks finish, agree on the KL coefficient at every step (each
+    logs its own under --debug), and only rank 0 writes metrics and checkpoints. Resuming step_2 on 2 processes
+    (each rank gets its own random state back) reproduces step 3 exactly."""
+    out, resumed = tmp_path / "out", tmp_path / "resumed"
+    # 4 prompts per rank x 2 ranks = 8 per step; 24 prompts -> 3 steps. A small --kl_target makes the adaptive
+    # coefficient move every step.
+    settings = {
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "steps": 24,
+        "save_freq": 2,
+        "kl_target": 0.01,
+    }
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, out, **settings))
+    stdout, stderr = finish(proc, timeout=180)
+    assert proc.returncode == 0, stderr[-4000:]
+
+    coefs = kl_coefs_per_rank(stderr)
+    assert sorted(coefs[0]) == [1, 2, 3], stderr[-4000:]
+    assert coefs[0] == coefs[1]
+    assert len(set(coefs[0].values())) == 3, coefs  # the coefficient did adapt, identically on both ranks
+
+    rows_logged = metrics(out)
+    assert [r["step"] for r in rows_logged] == [1, 2, 3]  # one writer: no duplicated lines
+    assert float(coefs[0][2]) == pytest.approx(rows_logged[2]["objective/kl_coef"], rel=1e-12)
+    assert (out / "step_2" / COMPLETE_MARKER).is_file() and (out / "final" / COMPLETE_MARKER).is_file()
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+    assert len(torch.load(out / "final" / "rng.pt", weights_only=True)["ranks"]) == 2
+
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"))
+    stdout, stderr = finish(proc, timeout=180)
+    assert proc.returncode == 0, stderr[-4000:]
+    assert metrics(resumed) == metrics(out)[2:]
+    a, b = trainable(out / "final"), trainable(resumed / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert kl_coefs_per_rank(stderr)[1] == {3: coefs[1][3]}
