@@ -39,8 +39,8 @@ class EvalArguments:
     ppo_model: str = field(metadata={"help": "The PPO policy (rl_training.py output_dir/final)."})
     reward_model: str = field(metadata={"help": "The reward model PPO was trained against."})
     second_reward_model: str | None = field(
-        default=None, metadata={"help": "A reward model PPO never saw (e.g. trained on other data), for an "
-                                "independent judgement."},
+        default=None,
+        metadata={"help": "A reward model PPO never saw (e.g. trained on other data), for an independent judgement."},
     )
     output_dir: str = field(default="out/eval", metadata={"help": "Where evaluation.json and samples go."})
     num_prompts: int = field(default=64, metadata={"help": "Held-out prompts to generate for."})
@@ -54,8 +54,9 @@ class EvalArguments:
 
 @dataclass
 class EvalDataArguments(DataArguments):
-    dataset_name: str = field(default="data/orca_sample/heldout.jsonl",
-                              metadata={"help": "Held-out pairs (file, folder or hub name)."})
+    dataset_name: str = field(
+        default="data/orca_sample/heldout.jsonl", metadata={"help": "Held-out pairs (file, folder or hub name)."}
+    )
     validation_split_percentage: float = field(
         default=0, metadata={"help": "Kept at 0: the whole file is used as held-out data."}
     )
@@ -82,8 +83,14 @@ def _load_scorer(name: str, token: str | None) -> RewardScorer:
 def _generate_all(lm, tokenizer, prompts, args: EvalArguments) -> list[dict]:
     torch.manual_seed(args.seed)
     return [
-        sample(lm, tokenizer, [p["prompt_ids"] for p in prompts[i : i + args.batch_size]], args.max_new_tokens,
-               args.temperature, args.greedy)
+        sample(
+            lm,
+            tokenizer,
+            [p["prompt_ids"] for p in prompts[i : i + args.batch_size]],
+            args.max_new_tokens,
+            args.temperature,
+            args.greedy,
+        )
         for i in range(0, len(prompts), args.batch_size)
     ]
 
@@ -111,14 +118,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ generate with both policies
     sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
-    batches = {"sft": _generate_all(sft_lm, tokenizer, prompts, args),
-               "ppo": _generate_all(ppo_lm, tokenizer, prompts, args)}
+    batches = {
+        "sft": _generate_all(sft_lm, tokenizer, prompts, args),
+        "ppo": _generate_all(ppo_lm, tokenizer, prompts, args),
+    }
     texts = {k: [t for b in v for t in b["texts"]] for k, v in batches.items()}
-    kl = torch.cat([
-        sequence_kl(response_logprobs_under(ppo_lm, b, args.temperature),
-                    response_logprobs_under(sft_lm, b, args.temperature), b["response_mask"])
-        for b in batches["ppo"]
-    ])
+    kl = torch.cat(
+        [
+            sequence_kl(
+                response_logprobs_under(ppo_lm, b, args.temperature),
+                response_logprobs_under(sft_lm, b, args.temperature),
+                b["response_mask"],
+            )
+            for b in batches["ppo"]
+        ]
+    )
 
     # ------------------------------------------------------------------ score under each reward model
     judges = {"rm": args.reward_model}
@@ -133,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
         result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
         for name in ("sft", "ppo"):
-            merged_batch = {"response_mask": torch.cat([b["response_mask"] for b in batches[name]]),
-                            "has_eos": torch.cat([b["has_eos"] for b in batches[name]])}
+            merged_batch = {
+                "response_mask": torch.cat([b["response_mask"] for b in batches[name]]),
+                "has_eos": torch.cat([b["has_eos"] for b in batches[name]]),
+            }
             result.setdefault(name, {})
             summary = policy_summary(merged_batch, scores[judge][name])
             result[name][f"reward_mean_{judge}"] = summary.pop("reward_mean")

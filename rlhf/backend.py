@@ -28,16 +28,19 @@ class BackendArguments:
     """Device flags. Gaudi flags are accepted everywhere; they act only with --use_habana."""
 
     use_habana: bool = field(default=False, metadata={"help": "Run on Intel Gaudi (HPU) through optimum-habana."})
-    use_lazy_mode: bool = field(default=False, metadata={"help": "Gaudi lazy mode (graph accumulation with "
-                                "mark_step). Only with --use_habana."})
+    use_lazy_mode: bool = field(
+        default=False, metadata={"help": "Gaudi lazy mode (graph accumulation with mark_step). Only with --use_habana."}
+    )
     gaudi_config_name: str | None = field(
         default=None,
         metadata={"help": "Gaudi config (hub name or local path) for fused ops and autocast. Only with --use_habana."},
     )
     device: str | None = field(
         default=None,
-        metadata={"help": "Accepted for compatibility with the reference command line: 'hpu' is the same as "
-                  "--use_habana, 'cpu' forces the CPU; otherwise the device is chosen automatically."},
+        metadata={
+            "help": "Accepted for compatibility with the reference command line: 'hpu' is the same as "
+            "--use_habana, 'cpu' forces the CPU; otherwise the device is chosen automatically."
+        },
     )
 
 
@@ -65,7 +68,9 @@ class Backend:
         if load_in_4bit and load_in_8bit:
             raise UsageError("--load_in_4bit and --load_in_8bit are exclusive: pick one")
         if self.name != "cuda":
-            raise UsageError(f"{flag}: quantized loading needs a CUDA GPU with bitsandbytes; this run is on {self.name}")
+            raise UsageError(
+                f"{flag}: quantized loading needs a CUDA GPU with bitsandbytes; this run is on {self.name}"
+            )
         if not _find_spec_safe("bitsandbytes"):
             raise UsageError(f"{flag}: bitsandbytes is not installed (pip install bitsandbytes)")
         from transformers import BitsAndBytesConfig

@@ -26,8 +26,13 @@ def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"win_rate": p, "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half), "n": n,
-            "ties": int((a == b).sum().item())}
+    return {
+        "win_rate": p,
+        "ci_low": max(0.0, centre - half),
+        "ci_high": min(1.0, centre + half),
+        "n": n,
+        "ties": int((a == b).sum().item()),
+    }
 
 
 def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -63,15 +68,22 @@ def sample(
     device = next(lm.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     config = GenerationConfig(
-        do_sample=not greedy, top_k=0, top_p=1.0, temperature=temperature if not greedy else 1.0,
-        max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        do_sample=not greedy,
+        top_k=0,
+        top_p=1.0,
+        temperature=temperature if not greedy else 1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config).cpu()
     width = ids.shape[1]
-    responses, response_mask, has_eos = truncate_after_eos(out[:, width:], [tokenizer.eos_token_id],
-                                                           tokenizer.pad_token_id)
-    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=False) for r, m in zip(responses, response_mask,
-                                                                                      strict=True)]
+    responses, response_mask, has_eos = truncate_after_eos(
+        out[:, width:], [tokenizer.eos_token_id], tokenizer.pad_token_id
+    )
+    texts = [
+        tokenizer.decode(r[m.bool()], skip_special_tokens=False) for r, m in zip(responses, response_mask, strict=True)
+    ]
     return {
         "input_ids": torch.cat([ids, responses], 1),
         "attention_mask": torch.cat([mask, response_mask.to(mask.dtype)], 1),

@@ -83,8 +83,12 @@ def load_tokenizer(
             added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN}) > 0
             if not added:
                 tokenizer.pad_token = PAD_TOKEN
-        logger.info("pad token set to %r (id %d), distinct from EOS %r", tokenizer.pad_token,
-                    tokenizer.pad_token_id, tokenizer.eos_token)
+        logger.info(
+            "pad token set to %r (id %d), distinct from EOS %r",
+            tokenizer.pad_token,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token,
+        )
     return tokenizer, added
 
 

@@ -44,23 +44,103 @@ def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
     heldout = config.get("heldout", data)
     sft, rm, rm2, ppo, ev = out / "sft", out / "rm", out / "rm2", out / "ppo", out / "eval"
     stages = [
-        Stage("sft", [python, str(ROOT / "sft.py"), "--model_name_or_path", model, "--dataset_name", data,
-                      "--output_dir", str(sft), "--overwrite_output_dir", *config.get("sft", [])], sft, sft),
-        Stage("rm", [python, str(ROOT / "reward_modeling.py"), "--model_name_or_path", str(sft), "--dataset_name",
-                     data, "--output_dir", str(rm), "--overwrite_output_dir", *config.get("rm", [])], rm, rm),
+        Stage(
+            "sft",
+            [
+                python,
+                str(ROOT / "sft.py"),
+                "--model_name_or_path",
+                model,
+                "--dataset_name",
+                data,
+                "--output_dir",
+                str(sft),
+                "--overwrite_output_dir",
+                *config.get("sft", []),
+            ],
+            sft,
+            sft,
+        ),
+        Stage(
+            "rm",
+            [
+                python,
+                str(ROOT / "reward_modeling.py"),
+                "--model_name_or_path",
+                str(sft),
+                "--dataset_name",
+                data,
+                "--output_dir",
+                str(rm),
+                "--overwrite_output_dir",
+                *config.get("rm", []),
+            ],
+            rm,
+            rm,
+        ),
     ]
     judge = []
     if "rm2" in config:
-        stages.append(Stage("rm2", [python, str(ROOT / "reward_modeling.py"), "--model_name_or_path", str(sft),
-                                    "--dataset_name", data, "--output_dir", str(rm2), "--overwrite_output_dir",
-                                    *config["rm2"]], rm2, rm2))
+        stages.append(
+            Stage(
+                "rm2",
+                [
+                    python,
+                    str(ROOT / "reward_modeling.py"),
+                    "--model_name_or_path",
+                    str(sft),
+                    "--dataset_name",
+                    data,
+                    "--output_dir",
+                    str(rm2),
+                    "--overwrite_output_dir",
+                    *config["rm2"],
+                ],
+                rm2,
+                rm2,
+            )
+        )
         judge = ["--second_reward_model", str(rm2)]
     stages += [
-        Stage("ppo", [python, str(ROOT / "rl_training.py"), "--model_name", str(sft), "--reward_model_name", str(rm),
-                      "--dataset_name", data, "--output_dir", str(ppo), *config.get("ppo", [])], ppo / "final", ppo),
-        Stage("eval", [python, str(ROOT / "evaluate.py"), "--sft_model", str(sft), "--ppo_model", str(ppo / "final"),
-                       "--reward_model", str(rm), *judge, "--dataset_name", heldout, "--output_dir", str(ev),
-                       *config.get("eval", [])], ev, ev),
+        Stage(
+            "ppo",
+            [
+                python,
+                str(ROOT / "rl_training.py"),
+                "--model_name",
+                str(sft),
+                "--reward_model_name",
+                str(rm),
+                "--dataset_name",
+                data,
+                "--output_dir",
+                str(ppo),
+                *config.get("ppo", []),
+            ],
+            ppo / "final",
+            ppo,
+        ),
+        Stage(
+            "eval",
+            [
+                python,
+                str(ROOT / "evaluate.py"),
+                "--sft_model",
+                str(sft),
+                "--ppo_model",
+                str(ppo / "final"),
+                "--reward_model",
+                str(rm),
+                *judge,
+                "--dataset_name",
+                heldout,
+                "--output_dir",
+                str(ev),
+                *config.get("eval", []),
+            ],
+            ev,
+            ev,
+        ),
         Stage("report", [python, "-m", "rlhf.report", "--run", str(out)], out / "never-skipped", out / "report.md"),
     ]
     return stages
@@ -120,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
-        print(f"error: --stages: unknown stage(s) {', '.join(unknown)} (choose from {', '.join(STAGES)})",
-              file=sys.stderr)
+        print(
+            f"error: --stages: unknown stage(s) {', '.join(unknown)} (choose from {', '.join(STAGES)})", file=sys.stderr
+        )
         return 2
 
     log_dir = Path(config["output"]) / "logs"

@@ -57,8 +57,10 @@ def save_checkpoint(
     if accelerator.is_main_process:
         with atomic_folder(folder, {"step": step, "final": final}) as tmp:
             save_file(_trainable_state(policy), str(tmp / "trainable_state.safetensors"))
-            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                      str(tmp / "value_head.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                str(tmp / "value_head.safetensors"),
+            )
             torch.save(engine.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(
                 {"ranks": rng_per_rank, **engine.state_dict()},
@@ -110,8 +112,10 @@ def load_checkpoint(folder: Path, accelerator: Any, engine: Any, sampler: Any) -
     expected = {n for n, p in policy.named_parameters() if p.requires_grad}
     if set(saved) != expected:
         missing = sorted(expected - set(saved))[:3]
-        raise UsageError(f"--resume_from_checkpoint {folder}: trained parameters do not match this run "
-                         f"(e.g. missing {missing}); same --peft/--lora_* flags are needed")
+        raise UsageError(
+            f"--resume_from_checkpoint {folder}: trained parameters do not match this run "
+            f"(e.g. missing {missing}); same --peft/--lora_* flags are needed"
+        )
     with torch.no_grad():
         params = dict(policy.named_parameters())
         for name, tensor in saved.items():

@@ -76,8 +76,12 @@ def build_report(run: Path) -> Path:
     # SFT
     lines += ["## 1. SFT", ""]
     history = [r for r in _jsonl(run / "sft" / "log_history.jsonl") if "loss" in r]
-    if _plot(run / "sft_loss.png", {"train loss": ([r["step"] for r in history], [r["loss"] for r in history])},
-             "SFT", "step"):
+    if _plot(
+        run / "sft_loss.png",
+        {"train loss": ([r["step"] for r in history], [r["loss"] for r in history])},
+        "SFT",
+        "step",
+    ):
         lines += ["![SFT loss](sft_loss.png)", ""]
     else:
         lines += ["No SFT loss history found.", ""]
@@ -87,13 +91,21 @@ def build_report(run: Path) -> Path:
     rm = _json(run / "rm" / "metrics.json")
     if rm and "heldout" in rm:
         h = rm["heldout"]
-        lines += [f"Held-out ({h['split']}, {h['pairs']} pairs): strict accuracy **{h['accuracy']:.3f}** (ties count "
-                  f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}.", ""]
+        lines += [
+            f"Held-out ({h['split']}, {h['pairs']} pairs): strict accuracy **{h['accuracy']:.3f}** (ties count "
+            f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}.",
+            "",
+        ]
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
-    if _plot(run / "rm_training.png", {
-        "train accuracy": ([r["step"] for r in rm_history], [r["accuracy"] for r in rm_history]),
-        "train loss": ([r["step"] for r in rm_history], [r["loss"] for r in rm_history]),
-    }, "Reward model", "step"):
+    if _plot(
+        run / "rm_training.png",
+        {
+            "train accuracy": ([r["step"] for r in rm_history], [r["accuracy"] for r in rm_history]),
+            "train loss": ([r["step"] for r in rm_history], [r["loss"] for r in rm_history]),
+        },
+        "Reward model",
+        "step",
+    ):
         lines += ["![RM training](rm_training.png)", ""]
     margins = _json(run / "eval" / "margins.json") or {}
     if _histogram(run / "rm_margins.png", margins.get("rm", []), "held-out margins of the reward model"):
@@ -103,14 +115,25 @@ def build_report(run: Path) -> Path:
     lines += ["## 3. PPO", ""]
     steps = _jsonl(run / "ppo" / "metrics.jsonl")
     xs = [r["step"] for r in steps]
-    keys = {"reward (objective/scores)": "objective/scores", "KL (objective/kl)": "objective/kl",
-            "entropy per token": "objective/token_entropy", "response length": "tokens/responses_len_mean"}
-    if _plot(run / "ppo.png", {label: (xs, [r.get(key, float("nan")) for r in steps]) for label, key in keys.items()},
-             "PPO per step", "step"):
+    keys = {
+        "reward (objective/scores)": "objective/scores",
+        "KL (objective/kl)": "objective/kl",
+        "entropy per token": "objective/token_entropy",
+        "response length": "tokens/responses_len_mean",
+    }
+    if _plot(
+        run / "ppo.png",
+        {label: (xs, [r.get(key, float("nan")) for r in steps]) for label, key in keys.items()},
+        "PPO per step",
+        "step",
+    ):
         lines += ["![PPO](ppo.png)", ""]
         last = steps[-1]
-        lines += [f"{len(steps)} steps; last step: reward {last['objective/scores']:.3f}, KL "
-                  f"{last['objective/kl']:.3f}, {last.get('time/ppo/total', float('nan')):.1f} s/step.", ""]
+        lines += [
+            f"{len(steps)} steps; last step: reward {last['objective/scores']:.3f}, KL "
+            f"{last['objective/kl']:.3f}, {last.get('time/ppo/total', float('nan')):.1f} s/step.",
+            "",
+        ]
     else:
         lines += ["No PPO metrics found.", ""]
 
@@ -121,30 +144,41 @@ def build_report(run: Path) -> Path:
         judges = [k.removeprefix("win_rate_") for k in ev if k.startswith("win_rate_")]
         lines += ["| metric | SFT | PPO |", "|---|---|---|"]
         for judge in judges:
-            lines.append(f"| mean reward ({judge}) | {_fmt(ev['sft'][f'reward_mean_{judge}'])} | "
-                         f"{_fmt(ev['ppo'][f'reward_mean_{judge}'])} |")
-        lines.append(f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | "
-                     f"{_fmt(ev['ppo']['length_mean'])} |")
+            lines.append(
+                f"| mean reward ({judge}) | {_fmt(ev['sft'][f'reward_mean_{judge}'])} | "
+                f"{_fmt(ev['ppo'][f'reward_mean_{judge}'])} |"
+            )
+        lines.append(
+            f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | {_fmt(ev['ppo']['length_mean'])} |"
+        )
         lines.append(f"| EOS rate | {_fmt(ev['sft']['eos_rate'])} | {_fmt(ev['ppo']['eos_rate'])} |")
         lines.append("")
         for judge in judges:
             w = ev[f"win_rate_{judge}"]
-            lines.append(f"- PPO win rate over SFT under **{judge}**: {w['win_rate']:.3f} "
-                         f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, n={w['n']}, ties {w['ties']})")
+            lines.append(
+                f"- PPO win rate over SFT under **{judge}**: {w['win_rate']:.3f} "
+                f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, n={w['n']}, ties {w['ties']})"
+            )
         lines.append(f"- KL(PPO ‖ SFT): {ev['kl_ppo_sft']['mean']:.3f} nats per response (mean)")
         for judge in judges:
             h = ev.get(f"{judge}_heldout")
             if h:
-                lines.append(f"- {judge} on held-out pairs: strict accuracy {h['accuracy']:.3f}, tie rate "
-                             f"{h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f} ({h['pairs']} pairs)")
+                lines.append(
+                    f"- {judge} on held-out pairs: strict accuracy {h['accuracy']:.3f}, tie rate "
+                    f"{h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f} ({h['pairs']} pairs)"
+                )
         lines.append("")
         samples = _jsonl(run / "eval" / "samples.jsonl")[:5]
         if samples:
             lines += ["### Samples", ""]
             for s in samples:
-                lines += [f"**Q:** {s['question']}", "",
-                          f"- SFT ({_fmt(s.get('rm_sft'))}): {s['sft']!r}",
-                          f"- PPO ({_fmt(s.get('rm_ppo'))}): {s['ppo']!r}", ""]
+                lines += [
+                    f"**Q:** {s['question']}",
+                    "",
+                    f"- SFT ({_fmt(s.get('rm_sft'))}): {s['sft']!r}",
+                    f"- PPO ({_fmt(s.get('rm_ppo'))}): {s['ppo']!r}",
+                    "",
+                ]
     else:
         lines += ["No evaluation found.", ""]
 

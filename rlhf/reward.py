@@ -55,8 +55,11 @@ def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str
 
 def reward_stats(scores: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation of rewards, used by PPO to normalise scores."""
-    return {"mean": scores.float().mean().item(), "std": scores.float().std(unbiased=False).item(),
-            "n": int(scores.numel())}
+    return {
+        "mean": scores.float().mean().item(),
+        "std": scores.float().std(unbiased=False).item(),
+        "n": int(scores.numel()),
+    }
 
 
 def save_reward_stats(folder: str | Path, stats: dict[str, Any]) -> None:

@@ -37,8 +37,10 @@ def test_sequence_kl_sums_log_ratios_over_real_tokens_only():
 
 
 def test_policy_summary_reports_length_and_eos_rate():
-    batch = {"response_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]),
-             "has_eos": torch.tensor([True, False, True, True])}
+    batch = {
+        "response_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]),
+        "has_eos": torch.tensor([True, False, True, True]),
+    }
     summary = policy_summary(batch, torch.tensor([1.0, 2.0, 3.0, 6.0]))
     assert summary == {"reward_mean": 3.0, "length_mean": 2.25, "eos_rate": 0.75}
 
@@ -51,8 +53,9 @@ def test_left_pad_puts_tokens_on_the_right():
 
 def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
     """End to end on a tiny policy compared with itself: every number is defined and self-consistent."""
-    from tiny import ORCA_ROWS, write_rows
     from transformers import AutoModelForSequenceClassification
+
+    from tiny import ORCA_ROWS, write_rows
 
     rm = tmp_path / "rm"
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1)
@@ -62,9 +65,23 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
     data = write_rows(tmp_path / "heldout.jsonl", ORCA_ROWS)
     out = tmp_path / "eval"
-    result = run_script("evaluate.py", "--sft_model", str(tiny_dir), "--ppo_model", str(tiny_dir), "--reward_model",
-                        str(rm), "--dataset_name", str(data), "--output_dir", str(out), "--num_prompts", "4",
-                        "--max_new_tokens", "6")
+    result = run_script(
+        "evaluate.py",
+        "--sft_model",
+        str(tiny_dir),
+        "--ppo_model",
+        str(tiny_dir),
+        "--reward_model",
+        str(rm),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--num_prompts",
+        "4",
+        "--max_new_tokens",
+        "6",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "evaluation.json").read_text())
     assert report["prompts"] == 4

@@ -31,9 +31,23 @@ def _spawn(*args: str):
 
 def test_sft_and_reward_model_train_on_two_mpi_ranks(tmp_path, tiny_dir, pairs):
     sft = tmp_path / "sft"
-    result = _spawn("sft.py", "--model_name_or_path", str(tiny_dir), "--dataset_name", str(pairs), "--output_dir",
-                    str(sft), "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no",
-                    "--log_level", "info")
+    result = _spawn(
+        "sft.py",
+        "--model_name_or_path",
+        str(tiny_dir),
+        "--dataset_name",
+        str(pairs),
+        "--output_dir",
+        str(sft),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--log_level",
+        "info",
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout + result.stderr
     assert "MCW rank 1 bound" in out  # mpirun really started two ranks
@@ -42,9 +56,25 @@ def test_sft_and_reward_model_train_on_two_mpi_ranks(tmp_path, tiny_dir, pairs):
     assert json.loads((sft / "COMPLETE.json").read_text())["stage"] == "sft"
 
     rm = tmp_path / "rm"
-    result = _spawn("reward_modeling.py", "--model_name_or_path", str(sft), "--dataset_name", str(pairs),
-                    "--output_dir", str(rm), "--max_steps", "2", "--per_device_train_batch_size", "2",
-                    "--save_strategy", "no", "--log_level", "info", "--validation_split_percentage", "10")
+    result = _spawn(
+        "reward_modeling.py",
+        "--model_name_or_path",
+        str(sft),
+        "--dataset_name",
+        str(pairs),
+        "--output_dir",
+        str(rm),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_strategy",
+        "no",
+        "--log_level",
+        "info",
+        "--validation_split_percentage",
+        "10",
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout + result.stderr
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in out
@@ -54,9 +84,29 @@ def test_sft_and_reward_model_train_on_two_mpi_ranks(tmp_path, tiny_dir, pairs):
     assert AutoModelForSequenceClassification.from_pretrained(str(rm)).config.num_labels == 1
 
     ppo = tmp_path / "ppo"
-    result = _spawn("rl_training.py", "--model_name", str(sft), "--reward_model_name", str(rm), "--dataset_name",
-                    str(pairs), "--output_dir", str(ppo), "--steps", "8", "--batch_size", "4", "--mini_batch_size",
-                    "2", "--gradient_accumulation_steps", "1", "--ppo_epochs", "1", "--response_length", "6")
+    result = _spawn(
+        "rl_training.py",
+        "--model_name",
+        str(sft),
+        "--reward_model_name",
+        str(rm),
+        "--dataset_name",
+        str(pairs),
+        "--output_dir",
+        str(ppo),
+        "--steps",
+        "8",
+        "--batch_size",
+        "4",
+        "--mini_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--ppo_epochs",
+        "1",
+        "--response_length",
+        "6",
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     # steps counts episodes over all processes: 8 / (4 per rank x 2 ranks) = 1 PPO step.
     assert len((ppo / "metrics.jsonl").read_text().splitlines()) == 1

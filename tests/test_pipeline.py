@@ -11,20 +11,51 @@ from conftest import ROOT, run_script
 from tiny import ORCA_ROWS, write_rows
 
 FAST = {
-    "sft": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
-            "--logging_steps", "1"],
-    "rm": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
-           "--validation_split_percentage", "10"],
-    "ppo": ["--steps", "4", "--batch_size", "4", "--mini_batch_size", "2", "--gradient_accumulation_steps", "1",
-            "--ppo_epochs", "1", "--response_length", "8"],
+    "sft": [
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+    ],
+    "rm": [
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--validation_split_percentage",
+        "10",
+    ],
+    "ppo": [
+        "--steps",
+        "4",
+        "--batch_size",
+        "4",
+        "--mini_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--ppo_epochs",
+        "1",
+        "--response_length",
+        "8",
+    ],
     "eval": ["--num_prompts", "4", "--max_new_tokens", "6"],
 }
 
 
 def _config(tmp_path, model, dataset) -> str:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model": str(model), "dataset": str(dataset), "output": str(tmp_path / "out"),
-                                **FAST}))
+    path.write_text(json.dumps({"model": str(model), "dataset": str(dataset), "output": str(tmp_path / "out"), **FAST}))
     return str(path)
 
 

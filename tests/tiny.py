@@ -78,11 +78,19 @@ def build_llama(folder: str | Path, tokenizer, layers: int = 2, hidden: int = 32
 
 ORCA_ROWS = [
     {"system": "", "question": "What is 2 plus 3?", "chosen": "2 plus 3 is 5.", "rejected": "2 plus 3 is 7."},
-    {"system": "You are a helpful assistant.", "question": "Capital of France?", "chosen": "It is Paris.",
-     "rejected": "I do not know."},
+    {
+        "system": "You are a helpful assistant.",
+        "question": "Capital of France?",
+        "chosen": "It is Paris.",
+        "rejected": "I do not know.",
+    },
     {"system": "", "question": "What is 4 times 2?", "chosen": "4 times 2 is 8.", "rejected": "Maybe 9."},
-    {"system": "", "question": "Name a colour of the sky.", "chosen": "The sky is blue.",
-     "rejected": "Sorry, I cannot help."},
+    {
+        "system": "",
+        "question": "Name a colour of the sky.",
+        "chosen": "The sky is blue.",
+        "rejected": "Sorry, I cannot help.",
+    },
 ]
 
 
