@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.log(stats, step=step)
         bar.update(1)
         bar.set_postfix(reward=f"{stats['objective/scores']:.3f}", kl=f"{stats['objective/kl']:.2f}")
-        if script.save_freq and step % script.save_freq == 0 and step < total:
+        stopping = _any_rank(accelerator, stop.requested)
+        if stopping or (script.save_freq and step % script.save_freq == 0 and step < total):
             save_checkpoint(
                 output_dir / f"step_{step}",
                 accelerator,
@@ -282,17 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 step,
                 merged=script.save_merged,
             )
-        if _any_rank(accelerator, stop.requested):
-            save_checkpoint(
-                output_dir / f"step_{step}",
-                accelerator,
-                engine,
-                sampler,
-                tokenizer,
-                fmt,
-                step,
-                merged=script.save_merged,
-            )
+        if stopping:
             logger.warning(
                 "SIGTERM: saved %s; continue with the same command plus --resume_from_checkpoint latest",
                 output_dir / f"step_{step}",
