@@ -33,7 +33,7 @@ from transformers import HfArgumentParser
 
 from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
 from rlhf.checkpoint import clean_stale_temporaries
-from rlhf.cli import HubArguments, UsageError, parse_bool, public_dict, run_main, setup_logging
+from rlhf.cli import HubArguments, UsageError, parse_bool, parse_dataclasses, public_dict, run_main, setup_logging
 from rlhf.data import DataArguments, encode_text, load_pairs
 from rlhf.models import (
     LoraArguments,
@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(
         (ScriptArguments, PPOConfig, PPOLoraArguments, DataArguments, HubArguments, BackendArguments)
     )
-    try:
-        script, cfg, lora_args, data_args, hub, backend_args = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:
-        raise UsageError(f"invalid arguments: {err}") from None
+    script, cfg, lora_args, data_args, hub, backend_args = parse_dataclasses(parser, argv)
     setup_logging("debug" if script.debug else "info")
     protect_secrets(hub)
     if not script.model_name or not script.reward_model_name:
