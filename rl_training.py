@@ -33,7 +33,16 @@ from transformers import HfArgumentParser
 
 from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
 from rlhf.checkpoint import clean_stale_temporaries
-from rlhf.cli import HubArguments, UsageError, parse_bool, parse_dataclasses, public_dict, run_main, setup_logging
+from rlhf.cli import (
+    HubArguments,
+    RunError,
+    UsageError,
+    parse_bool,
+    parse_dataclasses,
+    public_dict,
+    run_main,
+    setup_logging,
+)
 from rlhf.data import DataArguments, encode_text, load_pairs
 from rlhf.models import (
     LoraArguments,
@@ -253,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stats, rollout = engine.step(batch)
         except FloatingPointError as err:
-            raise UsageError(f"step {step + 1}: {err}; nothing saved for this step") from None
+            raise RunError(
+                f"step {step + 1}: {err}; nothing of this step was applied or saved (the last checkpoint is intact)"
+            ) from None
         step += 1
         # Every rank logs its own coefficient (--debug): the KL control must decide identically on all of them.
         logger.debug("rank %d step %d: kl_coef %r", accelerator.process_index, step, engine.kl_ctl.value)

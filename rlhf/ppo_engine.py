@@ -116,8 +116,9 @@ class PPOConfig:
     stop_on_nonfinite: bool = field(
         default=False,
         metadata={
-            "help": "Stop on a NaN/inf loss or reward instead of skipping that minibatch/step (default: skip "
-            "and log it)."
+            "help": "Stop on a NaN/inf PPO loss instead of skipping that minibatch (default: skip it and count it "
+            "in ppo/skipped_minibatches_nonfinite). A non-finite reward-model score always stops the run before "
+            "any update; an optimizer step with non-finite gradients is never applied."
         },
     )
 
@@ -252,6 +253,7 @@ class PPOEngine:
         self.timers: dict[str, float] = defaultdict(float)
         self.forward_calls: dict[str, int] = defaultdict(int)
         self.first_minibatch_max_abs_logratio: float | None = None
+        self.nonfinite_updates_skipped = 0
         self.eos_ids = tokenizer.eos_token_id
 
     # ------------------------------------------------------------------ helpers
@@ -454,7 +456,9 @@ class PPOEngine:
                         if cfg.stop_on_nonfinite:
                             raise FloatingPointError("non-finite PPO loss (--stop_on_nonfinite)")
                         skipped_nonfinite += 1
-                        loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # keep DDP's collective count aligned
+                        # A zero loss through the parameters themselves: 0 * NaN would still be NaN in the
+                        # gradients, and DDP needs every rank to run the same backward.
+                        loss = sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
                     elif pg_stats["ratio_mean"] > cfg.ratio_threshold:
                         skipped_ratio += 1
                         loss = loss * 0.0
@@ -490,7 +494,13 @@ class PPOEngine:
     def _clip_and_step(self) -> None:
         if self.config.max_grad_norm is not None:
             self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
+        # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
+        # every rank decides the same).
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if all(torch.isfinite(g).all() for g in grads):
+            self.optimizer.step()
+        else:
+            self.nonfinite_updates_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
 
     def _mean_across_ranks(self, value: float) -> float:
@@ -504,14 +514,17 @@ class PPOEngine:
         self.timers.clear()
         start = time.perf_counter()
         ro = self.rollout(batch)
+        # A non-finite score means a broken reward model, not a bad minibatch: stop before any update, on every rank.
+        bad = torch.tensor([0.0 if torch.isfinite(ro.raw_scores).all() else 1.0], device=self.accelerator.device)
+        if self.accelerator.reduce(bad, reduction="sum").item() > 0:
+            raise FloatingPointError("the reward model returned a non-finite score")
         kl_coef = self.kl_ctl.value
         local = rollout_stats(ro, kl_coef)
         local.update(self.update(ro))
         local.update({f"time/ppo/{k}": v for k, v in self.timers.items()})
         local["time/ppo/total"] = time.perf_counter() - start
+        local["ppo/nonfinite_updates_skipped"] = float(self.nonfinite_updates_skipped)
         stats = self._reduce_stats(local)
-        if not math.isfinite(stats["objective/scores"]):
-            raise FloatingPointError("non-finite reward-model score")
         # Every rank feeds the same all-reduced KL, so the coefficient stays identical across processes.
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
         stats["objective/kl_coef"] = kl_coef

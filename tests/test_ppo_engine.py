@@ -580,3 +580,49 @@ def test_ppo_learns_a_reward_it_can_chase(marker_dir):
     assert all(math.isfinite(s["objective/kl"]) and math.isfinite(s["objective/kl_coef"]) for s in history)
     assert history[-1]["objective/kl"] > 0.1  # it moved away from the reference to get there
     assert last > first + 0.2, [round(s, 3) for s in scores]
+
+
+# ---------------------------------------------------------------------------------------------------- numerical faults
+
+
+class _NaNScorer:
+    """A broken reward model: NaN for every response."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, systems, questions, responses):
+        return torch.full((len(responses),), float("nan"))
+
+
+def _trainable(engine) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in engine.unwrapped.named_parameters() if p.requires_grad}
+
+
+def test_a_nan_reward_stops_before_any_update(engine_factory, tokenizer, fmt, reward_model):
+    engine = engine_factory(scorer=_NaNScorer(None), lr=3e-3)
+    before = _trainable(engine)
+    with pytest.raises(FloatingPointError, match="non-finite score"):
+        engine.step(prompts(tokenizer, fmt))
+    after = _trainable(engine)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_nan_loss_is_skipped_and_never_reaches_the_weights(engine_factory, tokenizer, fmt, monkeypatch):
+    import rlhf.ppo_engine as ppo_engine
+
+    engine = engine_factory(lr=3e-3)
+    real = ppo_engine.clipped_policy_loss
+    calls = {"n": 0}
+
+    def nan_on_first(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] == 1 else (loss, stats)
+
+    monkeypatch.setattr(ppo_engine, "clipped_policy_loss", nan_on_first)
+    stats, _ = engine.step(prompts(tokenizer, fmt))
+    assert stats["ppo/skipped_minibatches_nonfinite"] == 1.0
+    assert all(torch.isfinite(p).all() for p in _trainable(engine).values())
+    # The other minibatches still trained: the weights moved.
+    assert calls["n"] > 1
