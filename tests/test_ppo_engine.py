@@ -626,3 +626,37 @@ def test_a_nan_loss_is_skipped_and_never_reaches_the_weights(engine_factory, tok
     assert all(torch.isfinite(p).all() for p in _trainable(engine).values())
     # The other minibatches still trained: the weights moved.
     assert calls["n"] > 1
+
+
+# ---------------------------------------------------------------------------------------------------- disk faults
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(
+    engine_factory, tokenizer, fmt, tmp_path, monkeypatch
+):
+    import errno
+
+    import rlhf.ppo_checkpoint as ppo_checkpoint
+    from rlhf.checkpoint import is_complete
+    from rlhf.ppo_checkpoint import find_latest, save_checkpoint
+    from rlhf.ppo_engine import PromptSampler
+
+    engine = engine_factory()
+    sampler = PromptSampler(8, 8, 1, 0, 0)
+    save_checkpoint(tmp_path / "step_2", engine.accelerator, engine, sampler, tokenizer, fmt, 2, merged=False)
+    good = {p.name: p.read_bytes() for p in (tmp_path / "step_2").iterdir() if p.is_file()}
+
+    real_save = ppo_checkpoint.torch.save
+
+    def disk_full(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ppo_checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(tmp_path / "step_4", engine.accelerator, engine, sampler, tokenizer, fmt, 4, merged=False)
+    assert caught.value.errno == errno.ENOSPC
+    assert not (tmp_path / "step_4").exists()
+    assert not list(tmp_path.glob(".tmp-*"))  # the half-written folder is removed
+    assert is_complete(tmp_path / "step_2") and find_latest(tmp_path) == tmp_path / "step_2"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "step_2").iterdir() if p.is_file()} == good
