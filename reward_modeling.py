@@ -43,6 +43,7 @@ from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences
 from rlhf.stage import (
+    StageArguments,
     TrainingGuard,
     accept_legacy_training_flags,
     check_training_flags,
@@ -70,20 +71,6 @@ class ScriptArguments:
     load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
     peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "Old name of --eval_strategy, accepted for older command lines."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
-    )
-    nonfinite_loss: str = field(
-        default="stop",
-        metadata={
-            "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
-            "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
-            "weights never take a non-finite update and are never saved holding NaN/inf."
-        },
-    )
 
 
 @dataclass
@@ -122,19 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
     parser = HfArgumentParser(
-        (ScriptArguments, DataArguments, RewardLoraArguments, HubArguments, BackendArguments, RewardArguments)
+        (
+            ScriptArguments,
+            StageArguments,
+            DataArguments,
+            RewardLoraArguments,
+            HubArguments,
+            BackendArguments,
+            RewardArguments,
+        )
     )
-    script, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
+    script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
     backend = select_backend(backend_args)
-    accept_legacy_training_flags(train_args, script.evaluation_strategy, hub)
+    accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
     peft_config = lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
     check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
-    guard = TrainingGuard(script.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
+    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     dtype = resolve_dtype(script.torch_dtype)
 
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_ds = Dataset.from_list(reward_features(eval_enc)) if eval_enc else None
     if eval_ds is None and train_args.eval_strategy != "no":
         raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
-    output_dir = start_output(train_args.output_dir, script.overwrite_output_dir, resume is not None)
+    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resume is not None)
 
     # ------------------------------------------------------------------ model
     set_seed(train_args.seed)  # the new score head and LoRA weights are drawn here: same --seed, same model

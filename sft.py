@@ -39,6 +39,7 @@ from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
 from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.stage import (
+    StageArguments,
     TrainingGuard,
     accept_legacy_training_flags,
     check_lora_targets,
@@ -65,20 +66,6 @@ class ScriptArguments:
         metadata={
             "help": "Pack several examples into each sequence of --max_length tokens (TRL packing; the "
             "answer-only loss is kept)."
-        },
-    )
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "Old name of --eval_strategy, accepted for the reference command line."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
-    )
-    nonfinite_loss: str = field(
-        default="stop",
-        metadata={
-            "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
-            "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
-            "weights never take a non-finite update and are never saved holding NaN/inf."
         },
     )
 
@@ -109,19 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
     parser = HfArgumentParser(
-        (ScriptArguments, DataArguments, LoraArguments, HubArguments, BackendArguments, SFTArguments)
+        (ScriptArguments, StageArguments, DataArguments, LoraArguments, HubArguments, BackendArguments, SFTArguments)
     )
-    script, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
+    script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
     select_backend(backend_args)
-    accept_legacy_training_flags(train_args, script.evaluation_strategy, hub)
+    accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
     check_training_flags(train_args)
     check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
-    guard = TrainingGuard(script.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
+    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     train_args.packing = script.dataset_concatenation or train_args.packing
     if train_args.completion_only_loss is None:
@@ -144,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_ds = Dataset.from_list(sft_features(eval_enc)) if eval_enc else None
     if eval_ds is None and train_args.eval_strategy != "no":
         raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
-    output_dir = start_output(train_args.output_dir, script.overwrite_output_dir, resume is not None)
+    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resume is not None)
 
     # ------------------------------------------------------------------ model
     set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run

@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,26 @@ logger = logging.getLogger("rlhf.stage")
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 BOOL_WORDS = {"true", "false", "1", "0", "yes", "no"}
+
+
+@dataclass
+class StageArguments:
+    """Flags both Trainer-based stages add to TRL's config."""
+
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Old name of --eval_strategy, accepted for the reference command line."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
+    )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={
+            "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
+            "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
+            "weights never take a non-finite update and are never saved holding NaN/inf."
+        },
+    )
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
