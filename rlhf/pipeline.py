@@ -43,63 +43,30 @@ def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
     model, data = config["model"], config["dataset"]
     heldout = config.get("heldout", data)
     sft, rm, rm2, ppo, ev = out / "sft", out / "rm", out / "rm2", out / "ppo", out / "eval"
+
+    def trainer_stage(name: str, script: str, base: str, folder: Path) -> Stage:
+        """SFT and reward-model stages share one command shape; a finished folder is replaced on a rerun."""
+        argv = [
+            python,
+            str(ROOT / script),
+            "--model_name_or_path",
+            base,
+            "--dataset_name",
+            data,
+            "--output_dir",
+            str(folder),
+            "--overwrite_output_dir",
+            *config.get(name, []),
+        ]
+        return Stage(name, argv, folder, folder)
+
     stages = [
-        Stage(
-            "sft",
-            [
-                python,
-                str(ROOT / "sft.py"),
-                "--model_name_or_path",
-                model,
-                "--dataset_name",
-                data,
-                "--output_dir",
-                str(sft),
-                "--overwrite_output_dir",
-                *config.get("sft", []),
-            ],
-            sft,
-            sft,
-        ),
-        Stage(
-            "rm",
-            [
-                python,
-                str(ROOT / "reward_modeling.py"),
-                "--model_name_or_path",
-                str(sft),
-                "--dataset_name",
-                data,
-                "--output_dir",
-                str(rm),
-                "--overwrite_output_dir",
-                *config.get("rm", []),
-            ],
-            rm,
-            rm,
-        ),
+        trainer_stage("sft", "sft.py", model, sft),
+        trainer_stage("rm", "reward_modeling.py", str(sft), rm),
     ]
     judge = []
     if "rm2" in config:
-        stages.append(
-            Stage(
-                "rm2",
-                [
-                    python,
-                    str(ROOT / "reward_modeling.py"),
-                    "--model_name_or_path",
-                    str(sft),
-                    "--dataset_name",
-                    data,
-                    "--output_dir",
-                    str(rm2),
-                    "--overwrite_output_dir",
-                    *config["rm2"],
-                ],
-                rm2,
-                rm2,
-            )
-        )
+        stages.append(trainer_stage("rm2", "reward_modeling.py", str(sft), rm2))
         judge = ["--second_reward_model", str(rm2)]
     stages += [
         Stage(
