@@ -57,7 +57,7 @@ from rlhf.ppo_engine import PPOConfig, PPOEngine, PromptSampler, truncate_jsonl,
 from rlhf.ppo_models import PolicyWithValue, RewardScorer
 from rlhf.prompt_format import PromptFormat, resolve_prompt_format
 from rlhf.reward import load_reward_stats
-from rlhf.stage import dtype_kwarg, protect_secrets
+from rlhf.stage import check_lora_targets, dtype_kwarg, protect_secrets
 
 logger = logging.getLogger("rl_training")
 TRACKERS = ("wandb", "tensorboard", "none")
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     if script.peft == "lora":
         from peft import get_peft_model
 
-        lm = get_peft_model(lm, lora_args.peft_config("CAUSAL_LM"))
+        peft_config = lora_args.peft_config("CAUSAL_LM")
+        check_lora_targets(lm, peft_config)
+        lm = get_peft_model(lm, peft_config)
     else:
         ref_model = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
     policy = PolicyWithValue(lm)

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run
     model = load_causal_lm(script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code)
     if peft_config is not None:
-        check_lora_targets(model, lora_args.lora_target_modules)
+        check_lora_targets(model, peft_config)
 
     # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
     from trl import SFTTrainer

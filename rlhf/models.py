@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ class LoraArguments:
         default="all-linear",
         metadata={"help": "Comma-separated module names to adapt (e.g. q_proj,v_proj), or all-linear."},
     )
+    lora_layers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only these decoder layers: comma-separated indices or ranges, e.g. 22-29 (default: all). "
+            "Backpropagation stops at the lowest adapted layer, so adapting the top layers trains faster."
+        },
+    )
 
     def peft_config(self, task_type: str, modules_to_save: list[str] | None = None) -> Any:
         from peft import LoraConfig
@@ -37,7 +45,7 @@ class LoraArguments:
         if not 0 <= self.lora_dropout < 1:
             raise UsageError(f"--lora_dropout: expected a value in [0, 1), got {self.lora_dropout}")
         targets = self.lora_target_modules.strip()
-        return LoraConfig(
+        config = LoraConfig(
             r=self.lora_rank,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
@@ -45,6 +53,22 @@ class LoraArguments:
             task_type=task_type,
             modules_to_save=modules_to_save,
         )
+        if self.lora_layers is not None:
+            # Set after construction: LoraConfig refuses a layer list next to the string all-linear, which
+            # stage.check_lora_targets turns into module names once the model is loaded.
+            config.layers_to_transform = parse_layers(self.lora_layers)
+        return config
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``; anything else is a usage error naming --lora_layers."""
+    layers: set[int] = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise UsageError(f"--lora_layers: expected layer indices or ranges like 22-29, got {spec!r}")
+        layers.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return sorted(layers)
 
 
 def resolve_dtype(name: str | None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -149,12 +150,26 @@ def check_report_to(train_args: Any) -> None:
     train_args.report_to = names
 
 
-def check_lora_targets(model: Any, target_modules: str | list[str] | set[str]) -> None:
-    """``--lora_target_modules`` that name no module of the model stop with the names that would work."""
-    if isinstance(target_modules, str):
-        target_modules = target_modules.split(",")
-    targets = sorted(t.strip() for t in target_modules if t.strip())
+def check_lora_targets(model: Any, peft_config: Any) -> None:
+    """``--lora_target_modules`` that name no module of the model, or ``--lora_layers`` it does not have, stop with
+    what would work. With ``--lora_layers`` and all-linear, all-linear becomes the names of the linear modules inside
+    the numbered decoder blocks (PEFT itself refuses a layer list next to the string all-linear)."""
+    layers = peft_config.layers_to_transform
+    if layers:
+        count = getattr(model.config, "num_hidden_layers", None)
+        if count is not None and max(layers) >= count:
+            raise UsageError(f"--lora_layers: the model has {count} layers (0-{count - 1}), got layer {max(layers)}")
+    targets = peft_config.target_modules
+    if isinstance(targets, str):
+        targets = targets.split(",")
+    targets = sorted(t.strip() for t in targets if t.strip())
     if targets == ["all-linear"]:
+        if layers:
+            peft_config.target_modules = {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and re.search(r"\.\d+\.", name)
+            }
         return
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
@@ -212,8 +227,7 @@ def load_reward_model(
     if peft_config is not None:
         from peft import get_peft_model
 
-        if not isinstance(peft_config.target_modules, str):  # names given by --lora_target_modules
-            check_lora_targets(model, peft_config.target_modules)
+        check_lora_targets(model, peft_config)
         model = get_peft_model(model, peft_config)
     upcast_trainable(model)
     return model

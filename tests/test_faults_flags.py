@@ -78,6 +78,8 @@ COMMON = {
         ["--resume_from_checkpoint", "no such checkpoint folder"],
         EARLY,
     ),
+    "lora_layers_not_a_range": (["--lora_layers", "top-2"], ["--lora_layers", "like 22-29"], EARLY),
+    "lora_layers_beyond_the_model": (["--lora_layers", "1-5"], ["--lora_layers", "has 2 layers", "5"], LATE),
     "lora_target_missing": (
         ["--lora_target_modules", "q_proj,attn_c"],
         ["--lora_target_modules", "attn_c", "q_proj", "all-linear"],

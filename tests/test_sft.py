@@ -292,3 +292,32 @@ def test_reference_command_under_torchrun_trains_and_rank_0_alone_writes(tiny_di
     model = AutoModelForCausalLM.from_pretrained(str(out))
     ids = tok("What is 2 plus 3?", return_tensors="pt")["input_ids"]
     assert model.generate(ids, max_new_tokens=2, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(tiny_dir):
+    """--lora_layers with all-linear: LoRA weights only in the listed decoder layers, and no gradient work below."""
+    from peft import get_peft_model
+
+    from rlhf.models import LoraArguments, parse_layers
+    from rlhf.stage import check_lora_targets
+
+    assert parse_layers("0, 3-5,4") == [0, 3, 4, 5]
+    for bad in ("top-2", "5-3", "", "1,,2"):
+        with pytest.raises(UsageError, match="--lora_layers"):
+            parse_layers(bad)
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    config = LoraArguments(lora_layers="1").peft_config("CAUSAL_LM")
+    check_lora_targets(base, config)
+    model = get_peft_model(base, config)
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_modules() if name.endswith("lora_A")}
+    assert adapted == {"1"}
+    kinds = {name.rsplit(".", 2)[-2] for name, _ in model.named_modules() if name.endswith("lora_A")}
+    assert {"q_proj", "v_proj", "down_proj"} <= kinds  # all-linear kept its meaning inside the chosen layer
+
+    layer0_out = []
+    model.base_model.model.model.layers[0].register_forward_hook(lambda m, i, o: layer0_out.append(o))
+    model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits.sum().backward()
+    out0 = layer0_out[0][0] if isinstance(layer0_out[0], tuple) else layer0_out[0]
+    assert not out0.requires_grad  # autograd records nothing in layer 0: the speed-up --lora_layers promises
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
