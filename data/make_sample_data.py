@@ -44,10 +44,10 @@ N_HELDOUT = 400
 
 # Share of rows per kind (same in both splits).
 KIND_SHARE = {
-    "arithmetic": 0.30,
-    "facts": 0.30,
-    "helpfulness": 0.25,
-    "format": 0.15,
+    "arithmetic": 0.25,
+    "facts": 0.20,
+    "helpfulness": 0.35,
+    "format": 0.20,
 }
 
 SYSTEM_EMPTY_SHARE = 0.60
@@ -324,7 +324,7 @@ def _wrong_result(rng: random.Random, op: str, a: int, b: int, r: int) -> int:
 def gen_arithmetic(rng: random.Random) -> dict:
     op = rng.choices(["add", "sub", "mul"], weights=[0.4, 0.25, 0.35])[0]
     a, b, r = _operands(rng, op)
-    bad = "wrong_result" if rng.random() < 0.45 else "no_result"
+    bad = "wrong_result" if rng.random() < 0.35 else "no_result"
     w = _wrong_result(rng, op, a, b, r)
     word_problem = rng.random() < 0.2
     fmt = {"op": OPWORD[op], "opname": OPNAME[op]}
