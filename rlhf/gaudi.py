@@ -108,16 +108,25 @@ _NOT_COPIED = {"use_cpu", "use_habana", "use_lazy_mode", "gaudi_config_name"}
 
 
 def gaudi_training_args(train_args: Any, backend: Any, backend_args: Any, config_class: type | None = None) -> Any:
-    """optimum-habana training arguments (``config_class``, default GaudiTrainingArguments) from our parsed flags.
+    """optimum-habana training arguments (``config_class``, default GaudiTrainingArguments) from our parsed flags
+    (see ``gaudi_training_kwargs``). On an HPU, building them sets the device up (it needs the hardware)."""
+    import_optimum_habana()
+    from optimum.habana import GaudiTrainingArguments
+
+    config_class = config_class or GaudiTrainingArguments
+    try:
+        return config_class(**gaudi_training_kwargs(train_args, backend, backend_args, config_class))
+    except ValueError as err:
+        raise UsageError(f"invalid Gaudi training arguments: {' '.join(str(err).split())}") from None
+
+
+def gaudi_training_kwargs(train_args: Any, backend: Any, backend_args: Any, config_class: type) -> dict[str, Any]:
+    """Keyword arguments of ``config_class`` (GaudiTrainingArguments or a subclass) for our parsed flags.
 
     Values the user (or the script's defaults) changed carry over; fields left at transformers' defaults take
     optimum-habana's defaults (adam_epsilon, half_precision_backend=hpu_amp, ddp_find_unused_parameters=False, ...).
     On an HPU: use_habana, lazy mode per ``--use_lazy_mode``, ``--gaudi_config_name``; elsewhere the CPU.
     """
-    import_optimum_habana()
-    from optimum.habana import GaudiTrainingArguments
-
-    config_class = config_class or GaudiTrainingArguments
     if train_args.fp16:
         raise UsageError("--fp16 is not supported by optimum-habana: use --bf16 (Gaudi autocast)")
     if getattr(train_args, "tf32", None):
@@ -144,10 +153,7 @@ def gaudi_training_args(train_args: Any, backend: Any, backend_args: Any, config
         use_cpu=not on_hpu,
         gaudi_config_name=backend_args.gaudi_config_name if on_hpu else None,
     )
-    try:
-        return config_class(**kwargs)
-    except ValueError as err:
-        raise UsageError(f"invalid Gaudi training arguments: {' '.join(str(err).split())}") from None
+    return kwargs
 
 
 def gaudi_config(backend: Any, backend_args: Any, bf16: bool) -> Any:
@@ -374,8 +380,8 @@ class DeviceRuntime:
     def mark_step(self) -> None:
         """End of a lazy-mode graph (after backward, after the optimizer step, after a rollout forward)."""
 
-    def graphs(self, module: torch.nn.Module) -> Any:
-        """Context in which ``module``'s forward (no-grad) runs as a cached HPU graph."""
+    def graphs(self, module: torch.nn.Module | None) -> Any:
+        """Context in which ``module``'s forward (no-grad) runs as a cached HPU graph (None: nothing to graph)."""
         return nullcontext()
 
 
@@ -416,8 +422,8 @@ class GaudiRuntime(DeviceRuntime):
             self.mark_steps += 1
 
     @contextmanager
-    def graphs(self, module: torch.nn.Module) -> Iterator[None]:
-        if self._wrap is None:
+    def graphs(self, module: torch.nn.Module | None) -> Iterator[None]:
+        if self._wrap is None or module is None:
             yield
             return
         key = id(module)

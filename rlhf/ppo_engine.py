@@ -397,7 +397,7 @@ class PPOEngine:
         raw_scores = []
         for part in self._chunks(len(batch)):  # the reward model is a no-grad rollout forward too
             self.forward_calls["reward"] += 1
-            with self.runtime.graphs(self.scorer.model):
+            with self.runtime.graphs(getattr(self.scorer, "model", None)):  # any scorer with a .model
                 raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
         raw_scores = torch.cat(raw_scores).to(logprobs.device)
         self._timed("score", start)
