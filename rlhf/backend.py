@@ -108,6 +108,10 @@ def select_backend(args: BackendArguments) -> Backend:
         return Backend("hpu", lazy_mode=args.use_lazy_mode)
     if args.use_lazy_mode:
         logger.warning("--use_lazy_mode has no effect without --use_habana")
+    from rlhf.gaudi import import_optimum_habana, on_gaudi_stack
+
+    if on_gaudi_stack():  # its trainers do the work: without the Habana software, stop now, not after loading
+        import_optimum_habana()
     if (args.device or "").lower() == "cpu" or not torch.cuda.is_available():
         return Backend("cpu")
     return Backend("cuda")

@@ -43,11 +43,12 @@ def on_gaudi_stack() -> bool:
         trl_major = int(importlib.metadata.version("trl").split(".")[0])
     except importlib.metadata.PackageNotFoundError:
         return False
+    if trl_major > LEGACY_TRL_MAJOR:
+        return False
     try:
-        has_optimum_habana = importlib.util.find_spec("optimum.habana") is not None
+        return importlib.util.find_spec("optimum.habana") is not None
     except (ImportError, ValueError):
-        has_optimum_habana = False
-    return trl_major <= LEGACY_TRL_MAJOR and has_optimum_habana
+        return False
 
 
 def import_optimum_habana() -> Any:

@@ -435,3 +435,29 @@ def test_gaudi_config_from_flags_or_a_local_file(tmp_path):
         assert (loaded.use_fused_adam, loaded.use_torch_autocast) == (False, True)
     with pytest.raises(UsageError, match="--gaudi_config_name .*missing: cannot load a Gaudi config"):
         gaudi_config(hpu, BackendArguments(use_habana=True, gaudi_config_name=str(tmp_path / "missing")), bf16=False)
+
+
+# ------------------------------------------------------------------------------------------------ no Habana software
+
+
+@pytest.mark.skipif(importlib.util.find_spec("habana_frameworks") is not None, reason="the Habana software is here")
+def test_without_the_habana_software_the_scripts_say_what_to_install(tiny_dir, data_file, tmp_path):
+    """The real behaviour of this stack where SynapseAI is missing (separate processes: no stand-ins): --use_habana
+    stops at once, and a plain run (whose trainer is optimum-habana's) explains why optimum-habana cannot load."""
+    from conftest import run_forked
+
+    common = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data_file)]
+    runs = run_forked(
+        {
+            "habana": ("sft.py", [*common, "--output_dir", str(tmp_path / "a"), "--use_habana", "--use_lazy_mode"]),
+            "plain": ("reward_modeling.py", [*common, "--output_dir", str(tmp_path / "b"), "--max_steps", "1"]),
+        },
+        tmp_path,
+    )
+    habana, plain = runs["habana"], runs["plain"]
+    assert habana.returncode == 2, habana.stderr[-2000:]
+    assert "error: --use_habana: the Habana software is not installed" in habana.stderr
+    assert plain.returncode == 2, plain.stderr[-2000:]
+    assert "error: optimum-habana is installed but cannot be imported" in plain.stderr
+    assert "requirements-gaudi.txt" in plain.stderr
+    assert not (tmp_path / "b").exists()  # stopped before any data, model or output folder
