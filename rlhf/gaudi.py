@@ -378,6 +378,8 @@ def gaudi_accelerator(backend: Any, **kwargs: Any) -> Any:
 class DeviceRuntime:
     """What the PPO engine asks the device for. This base does nothing: CPU and CUDA need no hooks."""
 
+    generate_kwargs: dict[str, Any] = {}  # extra keyword arguments of ``generate`` (never mutated)
+
     def mark_step(self) -> None:
         """End of a lazy-mode graph (after backward, after the optimizer step, after a rollout forward)."""
 
@@ -389,14 +391,21 @@ class DeviceRuntime:
 class GaudiRuntime(DeviceRuntime):
     """Lazy mode: ``htcore.mark_step()`` where the graph must be cut. HPU graphs (lazy mode only): ``module.forward``
     swapped for a graph-cached one inside ``graphs(module)``, the plain forward restored on exit, so training
-    forwards (with gradients) never replay an inference graph.
+    forwards (with gradients) never replay an inference graph. Generation uses optimum-habana's own lazy-mode/HPU
+    graph path (``generate_kwargs``, as its PPO trainer does), EOS still ending a batch early.
 
     ``mark_step_fn``/``wrap_fn`` are ``htcore.mark_step`` and ``wrap_in_hpu_graph`` (``for_backend``); tests pass
     recorders instead.
     """
 
-    def __init__(self, mark_step_fn: Callable[[], None] | None, wrap_fn: Callable[[Any], Any] | None) -> None:
+    def __init__(
+        self,
+        mark_step_fn: Callable[[], None] | None,
+        wrap_fn: Callable[[Any], Any] | None,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self._mark_step, self._wrap = mark_step_fn, wrap_fn
+        self.generate_kwargs = dict(generate_kwargs or {})
         self._graph_forward: dict[int, Any] = {}
         self.mark_steps = 0
 
@@ -404,18 +413,17 @@ class GaudiRuntime(DeviceRuntime):
     def for_backend(cls, backend: Any) -> DeviceRuntime:
         if not backend.is_gaudi:
             return DeviceRuntime()
-        mark_step = wrap = None
-        if backend.lazy_mode:
-            import habana_frameworks.torch.core as htcore
+        if not backend.lazy_mode:
+            return cls(None, None)  # eager mode: no graph to cut, no HPU graphs
+        import habana_frameworks.torch.core as htcore
 
-            mark_step = htcore.mark_step
-            try:
-                from habana_frameworks.torch.hpu import wrap_in_hpu_graph
-
-                wrap = wrap_in_hpu_graph
-            except ImportError:  # older bridges: lazy mode without graphs
-                logger.warning("HPU graphs are not available in this Habana bridge; running without them")
-        return cls(mark_step, wrap)
+        try:
+            from habana_frameworks.torch.hpu import wrap_in_hpu_graph
+        except ImportError:  # older bridges: lazy mode without graphs
+            logger.warning("HPU graphs are not available in this Habana bridge; running without them")
+            wrap_in_hpu_graph = None
+        generate_kwargs = {"lazy_mode": True, "hpu_graphs": wrap_in_hpu_graph is not None, "ignore_eos": False}
+        return cls(htcore.mark_step, wrap_in_hpu_graph, generate_kwargs)
 
     def mark_step(self) -> None:
         if self._mark_step is not None:

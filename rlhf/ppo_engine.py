@@ -311,8 +311,12 @@ class PPOEngine:
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         saved, base.generation_config = base.generation_config, gen_config
         try:
-            with self.runtime.graphs(base):
-                out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+            out = lm.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=gen_config,
+                **self.runtime.generate_kwargs,  # Gaudi lazy mode: optimum-habana's generation with HPU graphs
+            )
         finally:
             base.generation_config = saved
         self.runtime.mark_step()

@@ -437,6 +437,25 @@ def test_gaudi_config_from_flags_or_a_local_file(tmp_path):
         gaudi_config(hpu, BackendArguments(use_habana=True, gaudi_config_name=str(tmp_path / "missing")), bf16=False)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("habana_frameworks") is not None, reason="the real bridge is here")
+def test_ppo_runtime_on_an_hpu_uses_the_bridge():
+    """--use_habana --use_lazy_mode: mark_step is htcore.mark_step and generation asks optimum-habana for lazy mode
+    and HPU graphs (the stand-in bridge says which bridge function would run); eager mode uses neither."""
+    from rlhf.backend import Backend
+    from rlhf.gaudi import GaudiRuntime
+
+    lazy = GaudiRuntime.for_backend(Backend("hpu", lazy_mode=True))
+    assert lazy.generate_kwargs == {"lazy_mode": True, "hpu_graphs": True, "ignore_eos": False}
+    with pytest.raises(RuntimeError, match=r"habana_frameworks\.torch\.core\.mark_step needs Gaudi hardware"):
+        lazy.mark_step()
+    with pytest.raises(RuntimeError, match=r"wrap_in_hpu_graph needs Gaudi hardware"):
+        with lazy.graphs(torch.nn.Linear(2, 2)):
+            pass
+    eager = GaudiRuntime.for_backend(Backend("hpu", lazy_mode=False))
+    assert eager.generate_kwargs == {}
+    eager.mark_step()  # nothing to cut in eager mode
+
+
 # ------------------------------------------------------------------------------------------------ no Habana software
 
 
