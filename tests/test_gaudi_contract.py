@@ -456,6 +456,58 @@ def test_ppo_runtime_on_an_hpu_uses_the_bridge():
     eager.mark_step()  # nothing to cut in eager mode
 
 
+# ---------------------------------------------------------------------------------------------------- gaudi_spawn.py
+
+SPAWNED = ["reward_modeling.py", "--model_name_or_path", "M", "--use_habana", "--use_lazy_mode"]
+
+
+def runner_argv(**kwargs) -> tuple[list[str], dict[str, str]]:
+    """The command optimum-habana's own launcher (DistributedRunner, as its examples/gaudi_spawn.py drives it) would
+    run through the shell, split into argv, and the variables it would set."""
+    import shlex
+
+    from optimum.habana.distributed import DistributedRunner
+
+    runner = DistributedRunner(command_list=[" ".join(SPAWNED)], **kwargs)
+    env = {k: str(v) for k, v in runner._model_env_vars.items()}
+    return shlex.split(runner._interpreter + runner._commands[0]), env
+
+
+def spawn_argv(launcher: list[str]) -> tuple[list[str], dict[str, str]]:
+    import gaudi_spawn
+
+    argv, env = gaudi_spawn.build_command(gaudi_spawn.parse_args([*launcher, *SPAWNED]), {})
+    return argv, env
+
+
+def test_gaudi_spawn_runs_what_optimum_habanas_launcher_runs(tmp_path):
+    """Same inputs, same command as optimum-habana's DistributedRunner (both read this machine's CPU topology for
+    mpirun's --map-by)."""
+    import gaudi_spawn
+
+    sockets, cores = gaudi_spawn.detect_cpu_topology()
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node-a slots=8\nnode-b slots=8\n")
+    cases = {
+        "torchrun": (["--world_size", "8"], {"world_size": 8}),
+        "deepspeed": (["--world_size", "8", "--use_deepspeed"], {"world_size": 8, "use_deepspeed": True}),
+        "one card": (["--world_size", "1"], {"world_size": 1}),
+        "hostfile": (
+            ["--hostfile", str(hostfile), "--use_deepspeed", "--master_port", "4242"],
+            {"hostfile": str(hostfile), "use_deepspeed": True, "master_port": 4242},
+        ),
+    }
+    if sockets * cores >= 2:  # with fewer cores than ranks optimum-habana asks mpirun for PE=0 (gaudi_spawn: by slot)
+        n = sockets * cores
+        cases["mpi"] = (["--world_size", str(n), "--use_mpi"], {"world_size": n, "use_mpi": True})
+    for name, (launcher, runner_kwargs) in cases.items():
+        theirs, their_env = runner_argv(**runner_kwargs)
+        ours, our_env = spawn_argv(launcher)
+        assert ours == theirs, name
+        for key, value in their_env.items():  # MASTER_ADDR/MASTER_PORT for mpirun (ours: 127.0.0.1 = localhost)
+            assert our_env[key] in (value, "127.0.0.1" if value == "localhost" else value), (name, key)
+
+
 # ------------------------------------------------------------------------------------------------ no Habana software
 
 
