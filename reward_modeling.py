@@ -24,9 +24,14 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import HfArgumentParser, set_seed
-from trl import RewardConfig
 
-from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
+from rlhf.backend import (
+    BackendArguments,
+    adopt_mpi_environment,
+    bf16_is_fast,
+    build_reward_trainer,
+    select_backend,
+)
 from rlhf.checkpoint import resolve_resume, start_output
 from rlhf.cli import (
     EXIT_PREEMPTED,
@@ -39,6 +44,7 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, reward_features
+from rlhf.gaudi import trainer_config_base
 from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences
@@ -74,8 +80,9 @@ class ScriptArguments:
 
 
 @dataclass
-class RewardArguments(RewardConfig):
-    """TRL's RewardConfig with this project's (and the reference's) defaults."""
+class RewardArguments(trainer_config_base("reward")):
+    """TRL's RewardConfig (its flags on the Gaudi stack: rlhf.gaudi) with this project's (and the reference's)
+    defaults."""
 
     output_dir: str = field(default="out/rm", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
@@ -157,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
-    from trl import RewardTrainer
-
     with guard:
-        trainer = RewardTrainer(
+        trainer = build_reward_trainer(  # TRL's RewardTrainer; GaudiRewardTrainer on the Gaudi stack
+            backend,
+            backend_args,
             model=model,
             args=train_args,
             train_dataset=train_ds,

@@ -31,7 +31,13 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser
 
-from rlhf.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.backend import (
+    BackendArguments,
+    adopt_mpi_environment,
+    build_accelerator,
+    device_runtime,
+    select_backend,
+)
 from rlhf.checkpoint import clean_stale_temporaries
 from rlhf.cli import (
     HubArguments,
@@ -134,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
     parse_bool(script.batched_gen, "batched_gen")
     backend = select_backend(backend_args)
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(
-        cpu=backend.name == "cpu",
+    if backend.is_gaudi and not cfg.static_shapes:
+        logger.info("Gaudi: static shapes on (prompts padded to --max_prompt_length, responses to their maximum)")
+        cfg.static_shapes = True
+    accelerator = build_accelerator(  # accelerate's Accelerator; GaudiAccelerator on the Gaudi stack
+        backend,
         log_with=None if script.log_with in (None, "none") else script.log_with,
         project_dir=script.output_dir,
     )
@@ -234,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_model,
         reward_stats,
         script.seed,
+        runtime=device_runtime(backend),  # Gaudi: mark_step in lazy mode, HPU graphs for no-grad forwards
     )
     sampler = PromptSampler(
         len(prompts), cfg.batch_size, accelerator.num_processes, accelerator.process_index, script.seed

@@ -20,9 +20,14 @@ import warnings
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
-from trl import SFTConfig
 
-from rlhf.backend import BackendArguments, adopt_mpi_environment, bf16_is_fast, select_backend
+from rlhf.backend import (
+    BackendArguments,
+    adopt_mpi_environment,
+    bf16_is_fast,
+    build_sft_trainer,
+    select_backend,
+)
 from rlhf.checkpoint import resolve_resume, start_output
 from rlhf.cli import (
     EXIT_PREEMPTED,
@@ -36,6 +41,7 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
+from rlhf.gaudi import trainer_config_base
 from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.stage import (
@@ -71,8 +77,8 @@ class ScriptArguments:
 
 
 @dataclass
-class SFTArguments(SFTConfig):
-    """TRL's SFTConfig with this project's defaults."""
+class SFTArguments(trainer_config_base("sft")):
+    """TRL's SFTConfig (its flags on the Gaudi stack: rlhf.gaudi) with this project's defaults."""
 
     output_dir: str = field(default="out/sft", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
-    select_backend(backend_args)
+    backend = select_backend(backend_args)
     accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
@@ -140,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         check_lora_targets(model, peft_config)
 
     # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
-    from trl import SFTTrainer
-
     with guard:
-        trainer = SFTTrainer(
+        trainer = build_sft_trainer(  # TRL's SFTTrainer; GaudiSFTTrainer on the Gaudi stack
+            backend,
+            backend_args,
             model=model,
             args=train_args,
             train_dataset=train_ds,

@@ -98,9 +98,20 @@ def select_backend(args: BackendArguments) -> Backend:
             raise UsageError(f"--use_habana: the Habana software is not installed; {GAUDI_INSTALL_HINT}")
         if not _find_spec_safe("optimum.habana"):
             raise UsageError(f"--use_habana: optimum-habana is not installed; {GAUDI_INSTALL_HINT}")
+        from rlhf.gaudi import on_gaudi_stack, prepare_hpu
+
+        if not on_gaudi_stack():
+            raise UsageError(
+                f"--use_habana: optimum-habana needs trl 0.9.6 (this environment has TRL 1.x); {GAUDI_INSTALL_HINT}"
+            )
+        prepare_hpu(args.use_lazy_mode)
         return Backend("hpu", lazy_mode=args.use_lazy_mode)
     if args.use_lazy_mode:
         logger.warning("--use_lazy_mode has no effect without --use_habana")
+    from rlhf.gaudi import import_optimum_habana, on_gaudi_stack
+
+    if on_gaudi_stack():  # its trainers do the work: without the Habana software, stop now, not after loading
+        import_optimum_habana()
     if (args.device or "").lower() == "cpu" or not torch.cuda.is_available():
         return Backend("cpu")
     return Backend("cuda")
@@ -147,3 +158,47 @@ def bf16_is_fast() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainers and accelerator for this backend: TRL's and accelerate's, or optimum-habana's where that stack is installed
+
+
+def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's SFTTrainer, or GaudiSFTTrainer on the Gaudi stack (rlhf.gaudi). ``kwargs``: SFTTrainer's names."""
+    from rlhf.gaudi import gaudi_sft_trainer, on_gaudi_stack
+
+    if on_gaudi_stack():
+        return gaudi_sft_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.SFTTrainer(**kwargs)
+
+
+def build_reward_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.gaudi). ``kwargs``: RewardTrainer's."""
+    from rlhf.gaudi import gaudi_reward_trainer, on_gaudi_stack
+
+    if on_gaudi_stack():
+        return gaudi_reward_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.RewardTrainer(**kwargs)
+
+
+def build_accelerator(backend: Backend, **kwargs: Any) -> Any:
+    """accelerate's Accelerator, or GaudiAccelerator on the Gaudi stack."""
+    from rlhf.gaudi import gaudi_accelerator, on_gaudi_stack
+
+    if on_gaudi_stack():
+        return gaudi_accelerator(backend, **kwargs)
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=backend.name == "cpu", **kwargs)
+
+
+def device_runtime(backend: Backend) -> Any:
+    """The PPO engine's device hooks: lazy-mode mark_step and HPU graphs on Gaudi, nothing elsewhere."""
+    from rlhf.gaudi import GaudiRuntime
+
+    return GaudiRuntime.for_backend(backend)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf.gaudi import DeviceRuntime
 from rlhf.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -109,8 +110,9 @@ class PPOConfig:
     static_shapes: bool = field(
         default=False,
         metadata={
-            "help": "Pad prompts to --max_prompt_length and responses to the response length, so every step "
-            "has the same tensor shapes (needed for Gaudi graphs; works everywhere)."
+            "help": "Pad prompts to --max_prompt_length and responses to --response_length (else "
+            "--output_max_length), so every step has the same tensor shapes (on by itself with --use_habana, "
+            "for Gaudi graphs; works everywhere and gives the same results)."
         },
     )
     stop_on_nonfinite: bool = field(
@@ -239,8 +241,10 @@ class PPOEngine:
         ref_model: torch.nn.Module | None,
         reward_stats: dict[str, float] | None,
         seed: int,
+        runtime: DeviceRuntime | None = None,
     ) -> None:
         self.config, self.accelerator, self.policy, self.optimizer = config, accelerator, policy, optimizer
+        self.runtime = runtime or DeviceRuntime()  # Gaudi: lazy-mode mark_step, HPU graphs (rlhf.gaudi)
         self.tokenizer, self.scorer, self.ref_model = tokenizer, scorer, ref_model
         self.reward_stats = reward_stats
         if config.adap_kl_ctrl:
@@ -307,12 +311,20 @@ class PPOEngine:
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         saved, base.generation_config = base.generation_config, gen_config
         try:
-            out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+            out = lm.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=gen_config,
+                **self.runtime.generate_kwargs,  # Gaudi lazy mode: optimum-habana's generation with HPU graphs
+            )
         finally:
             base.generation_config = saved
+        self.runtime.mark_step()
         responses = out[:, width:]
-        if self.config.static_shapes and responses.shape[1] < max_new_tokens:
-            fill = torch.full((responses.shape[0], max_new_tokens - responses.shape[1]), pad, device=device)
+        # Static shapes: every step's responses have the width of the longest possible one, whatever was drawn.
+        static_width = self.config.response_length or self.config.output_max_length
+        if self.config.static_shapes and responses.shape[1] < static_width:
+            fill = torch.full((responses.shape[0], static_width - responses.shape[1]), pad, device=device)
             responses = torch.cat([responses, fill.to(responses.dtype)], dim=1)
         return prompt_ids, prompt_mask, responses
 
@@ -322,7 +334,8 @@ class PPOEngine:
         logprobs, values, entropy = [], [], []
         for part in self._chunks(input_ids.shape[0]):
             self.forward_calls["policy"] += 1
-            logits, vals = self.policy(input_ids[part], attention_mask[part], position_ids[part])
+            with self.runtime.graphs(self.unwrapped):
+                logits, vals = self.policy(input_ids[part], attention_mask[part], position_ids[part])
             lp, ent = response_logprobs(logits, input_ids[part], width, self.config.temperature)
             logprobs.append(lp)
             values.append(vals[:, width - 1 : -1])
@@ -345,12 +358,13 @@ class PPOEngine:
                         use_cache=False,
                     ).logits
             else:
-                logits = self.ref_model(
-                    input_ids=input_ids[part],
-                    attention_mask=attention_mask[part],
-                    position_ids=position_ids[part],
-                    use_cache=False,
-                ).logits
+                with self.runtime.graphs(self.ref_model):  # not with the adapter off: a graph ignores that switch
+                    logits = self.ref_model(
+                        input_ids=input_ids[part],
+                        attention_mask=attention_mask[part],
+                        position_ids=position_ids[part],
+                        use_cache=False,
+                    ).logits
             out.append(response_logprobs(logits, input_ids[part], width, self.config.temperature)[0])
         return torch.cat(out)
 
@@ -358,11 +372,13 @@ class PPOEngine:
         cfg = self.config
         self.policy.eval()  # dropout off for rollout and update alike: log-probs must not depend on a mask
         start = time.perf_counter()
-        prompt_ids, prompt_mask, raw_responses = self.generate([b["prompt_ids"] for b in batch], self.response_length())
+        max_new_tokens = self.response_length()
+        prompt_ids, prompt_mask, raw_responses = self.generate([b["prompt_ids"] for b in batch], max_new_tokens)
         self._timed("generate", start)
 
         eos = self.eos_ids if isinstance(self.eos_ids, list) else [self.eos_ids]
         responses, response_mask, has_eos = truncate_after_eos(raw_responses, eos, self.tokenizer.pad_token_id)
+        response_mask[:, max_new_tokens:] = 0  # static shapes: the fill past the drawn length is not a response
         width = prompt_ids.shape[1]
         input_ids = torch.cat([prompt_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, response_mask.to(prompt_mask.dtype)], dim=1)
@@ -385,7 +401,8 @@ class PPOEngine:
         raw_scores = []
         for part in self._chunks(len(batch)):  # the reward model is a no-grad rollout forward too
             self.forward_calls["reward"] += 1
-            raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
+            with self.runtime.graphs(getattr(self.scorer, "model", None)):  # any scorer with a .model
+                raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
         raw_scores = torch.cat(raw_scores).to(logprobs.device)
         self._timed("score", start)
 
@@ -463,6 +480,7 @@ class PPOEngine:
                         skipped_ratio += 1
                         loss = loss * 0.0
                     self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                    self.runtime.mark_step()
                     approx_kls.append(pg_stats["approxkl"].item())
                     stats["loss/policy"].append(pg_loss.item())
                     stats["loss/value"].append(vf_loss.item())
@@ -502,6 +520,7 @@ class PPOEngine:
         else:
             self.nonfinite_updates_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self.runtime.mark_step()
 
     def _mean_across_ranks(self, value: float) -> float:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
