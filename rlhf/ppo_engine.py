@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf.distributed import accumulation_boundary, all_finite, full_parameters, generation_kwargs
 from rlhf.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -307,7 +308,13 @@ class PPOEngine:
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         saved, base.generation_config = base.generation_config, gen_config
         try:
-            out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_config)
+            with full_parameters(self.accelerator, self.policy):  # sharded policy (FSDP/ZeRO-3): rlhf.distributed
+                out = lm.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=gen_config,
+                    **generation_kwargs(self.accelerator),
+                )
         finally:
             base.generation_config = saved
         responses = out[:, width:]
@@ -337,7 +344,7 @@ class PPOEngine:
             self.forward_calls["reference"] += 1
             if self.ref_model is None:
                 lm = self.unwrapped.lm
-                with adapter_disabled(lm):
+                with full_parameters(self.accelerator, self.policy), adapter_disabled(lm):
                     logits = lm(
                         input_ids=input_ids[part],
                         attention_mask=attention_mask[part],
@@ -462,7 +469,9 @@ class PPOEngine:
                     elif pg_stats["ratio_mean"] > cfg.ratio_threshold:
                         skipped_ratio += 1
                         loss = loss * 0.0
-                    self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                    last = m_start + cfg.mini_batch_size >= b_start + backward_size
+                    with accumulation_boundary(self.accelerator, last):  # DeepSpeed steps only at the boundary
+                        self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
                     approx_kls.append(pg_stats["approxkl"].item())
                     stats["loss/policy"].append(pg_loss.item())
                     stats["loss/value"].append(vf_loss.item())
@@ -497,7 +506,7 @@ class PPOEngine:
         # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
         # every rank decides the same).
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if all(torch.isfinite(g).all() for g in grads):
+        if all_finite(self.accelerator, grads):  # sharded gradients: every rank checks its shard, all agree
             self.optimizer.step()
         else:
             self.nonfinite_updates_skipped += 1

@@ -18,6 +18,13 @@ from transformers import TrainerCallback
 from rlhf.checkpoint import STAGING, discard_staging, latest_trainer_checkpoint, prepare_staging, publish_staged
 from rlhf.cli import HubArguments, RunError, UsageError, hide_token_from_environment, scrub_argv
 from rlhf.data import DropReport
+from rlhf.distributed import (
+    broadcast_from_main,
+    full_state_dict,
+    nonfinite_tensors,
+    rebuild_from_state_dict,
+    shards_parameters,
+)
 from rlhf.models import check_causal_lm_folder, fit_embeddings, upcast_trainable
 from rlhf.prompt_format import PromptFormat
 
@@ -240,24 +247,35 @@ def save_stage_output(
     """
     from peft import PeftModel
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
     is_peft = isinstance(model, PeftModel)
-    bad = nonfinite_parameters(model)
+    sharded = shards_parameters(accelerator)
+    main_process = trainer.is_world_process_zero()
+    # ZeRO-3/FSDP: no process holds the whole model; gather it once (every process takes part), write on rank 0.
+    state = full_state_dict(accelerator, trainer.model_wrapped) if sharded else None
+    if sharded:
+        bad = broadcast_from_main(accelerator, nonfinite_tensors(state) if main_process else None)
+    else:
+        bad = nonfinite_parameters(model)
     if bad:
         raise RunError(
             f"{stage}: the trained weights hold NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}); nothing was "
             f"saved in {output_dir}. Lower --learning_rate or check the input model and data"
         )
-    main_process = trainer.is_world_process_zero()
     try:
         staging = prepare_staging(output_dir) if main_process else output_dir / STAGING
-        trainer.accelerator.wait_for_everyone()
-        if is_peft:
+        accelerator.wait_for_everyone()
+        if is_peft and not sharded:
             trainer.save_model(str(staging / "adapter"))
-        trainer.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         if main_process:
-            merged = model.merge_and_unload() if is_peft else model
+            plain = rebuild_from_state_dict(model, state) if sharded else model
+            if is_peft and sharded:
+                plain.save_pretrained(str(staging / "adapter"))
+            merged = plain.merge_and_unload() if is_peft else plain
             merged.save_pretrained(str(staging), safe_serialization=True)
+            del state, plain, merged
             tokenizer.save_pretrained(str(staging))
             fmt.save(staging)
             payload = {"stage": stage, "data": data_report.summary(), **metrics}
