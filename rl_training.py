@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
     parse_bool(script.batched_gen, "batched_gen")
     backend = select_backend(backend_args)
+    dtype = resolve_dtype(script.torch_dtype)
+    compute_dtype = dtype if isinstance(dtype, torch.dtype) else None
+    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit, compute_dtype)
+    if quantization is not None and script.peft != "lora":
+        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     from accelerate import Accelerator
 
     accelerator = Accelerator(
@@ -156,11 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     check_causal_lm_folder(script.model_name, "model_name")
     check_reward_folder(script.reward_model_name, "reward_model_name")
-    dtype = resolve_dtype(script.torch_dtype)
-    compute_dtype = dtype if isinstance(dtype, torch.dtype) else None
-    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit, compute_dtype)
-    if quantization is not None and script.peft != "lora":
-        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     output_dir = Path(script.output_dir)
     resume = resolve_checkpoint(script.resume_from_checkpoint, output_dir)
 

@@ -61,6 +61,8 @@ class ScriptArguments:
         default=None, metadata={"help": "Weights dtype when loading: auto, bfloat16, float16, float32."}
     )
     peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
     dataset_concatenation: bool = field(
         default=False,
         metadata={
@@ -101,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
-    select_backend(backend_args)
+    backend = select_backend(backend_args)
     accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
+    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
+    if quantization is not None and peft_config is None:
+        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     check_training_flags(train_args)
     check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
     guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
@@ -135,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ model
     set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run
-    model = load_causal_lm(script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code)
+    model = load_causal_lm(
+        script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code, quantization
+    )
     if peft_config is not None:
         check_lora_targets(model, lora_args.lora_target_modules)
 

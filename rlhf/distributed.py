@@ -9,7 +9,7 @@ Ready accelerate config files are in ``configs/accelerate/`` (README, "Scaling o
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -179,15 +179,27 @@ def generation_kwargs(accelerator: Any) -> dict[str, Any]:
     return {"synced_gpus": True} if shards_parameters(accelerator) and accelerator.num_processes > 1 else {}
 
 
-def frozen_model_loading(accelerator: Any) -> Any:
+@contextmanager
+def frozen_model_loading(accelerator: Any):
     """Context for loading models that are only run, never trained (reward model, frozen reference) under ZeRO-3.
 
-    With ZeRO-3 active, ``from_pretrained`` partitions every model it loads (``deepspeed.zero.Init``); a model that
-    never goes through ``accelerator.prepare`` would then hold empty parameters. These models stay whole replicas.
+    With ZeRO-3 active, ``from_pretrained`` partitions every model it loads (``deepspeed.zero.Init``, switched on by
+    transformers' global DeepSpeed config); a model that never goes through ``accelerator.prepare`` would then hold
+    empty parameters. Inside this context that global config is lifted, so these models load as whole replicas.
     """
     if deepspeed_stage(accelerator) != 3:
-        return nullcontext()
-    return accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False)
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def configure_deepspeed_for_ppo(accelerator: Any, mini_batch_size: int, max_grad_norm: float | None) -> None:

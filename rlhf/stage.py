@@ -173,18 +173,28 @@ def check_lora_targets(model: Any, target_modules: str | list[str] | set[str]) -
         )
 
 
-def load_causal_lm(name: str, tokenizer: Any, dtype: Any, token: str | None, trust_remote_code: bool) -> Any:
-    """A causal LM ready for training with ``tokenizer`` (embeddings grown if a pad token was added)."""
+def load_causal_lm(
+    name: str, tokenizer: Any, dtype: Any, token: str | None, trust_remote_code: bool, quantization: Any | None = None
+) -> Any:
+    """A causal LM ready for training with ``tokenizer`` (embeddings grown if a pad token was added).
+
+    ``quantization``: a bitsandbytes config (``Backend.quantization_config``) for QLoRA; the quantized model is
+    prepared for adapter training (norms in float32, input gradients on)."""
     from transformers import AutoModelForCausalLM
 
     check_causal_lm_folder(name, "model_name_or_path")
+    kwargs = {"quantization_config": quantization} if quantization is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype)
+            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **kwargs
         )
     except (OSError, ValueError) as err:  # no weights or config in the folder, not on the hub, no network
         raise UsageError(f"--model_name_or_path {name}: cannot load the model ({_first_line(err)})") from None
     fit_embeddings(model, tokenizer)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 

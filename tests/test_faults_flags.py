@@ -78,6 +78,10 @@ COMMON = {
         ["--resume_from_checkpoint", "no such checkpoint folder"],
         EARLY,
     ),
+    # QLoRA exists for both stages (and rl_training.py, tests/test_distributed_quantized.py); this machine has no GPU.
+    "load_in_4bit_without_gpu": (["--load_in_4bit"], ["--load_in_4bit", "CUDA", "bitsandbytes"], EARLY),
+    "load_in_8bit_without_gpu": (["--load_in_8bit"], ["--load_in_8bit", "CUDA", "bitsandbytes"], EARLY),
+    "load_in_4bit_and_8bit": (["--load_in_4bit", "--load_in_8bit"], ["exclusive"], EARLY),
     "lora_target_missing": (
         ["--lora_target_modules", "q_proj,attn_c"],
         ["--lora_target_modules", "attn_c", "q_proj", "all-linear"],
@@ -85,12 +89,9 @@ COMMON = {
     ),
 }
 SFT_ONLY = {
-    "load_in_4bit_is_not_an_sft_flag": (["--load_in_4bit"], ["--load_in_4bit"], EARLY),
     "use_fast_tokenizer_not_a_bool": (["--use_fast_tokenizer", "maybe"], ["--use_fast_tokenizer", "maybe"], EARLY),
 }
 RM_ONLY = {
-    "load_in_4bit_without_gpu": (["--load_in_4bit"], ["--load_in_4bit", "CUDA", "bitsandbytes"], EARLY),
-    "load_in_4bit_and_8bit": (["--load_in_4bit", "--load_in_8bit"], ["exclusive"], EARLY),
     "zero_scoring_batch": (["--eval_batch_size", "0"], ["--eval_batch_size"], EARLY),
 }
 
