@@ -44,7 +44,13 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_text, load_pairs
-from rlhf.distributed import configure_deepspeed_for_ppo, deepspeed_stage, frozen_model_loading, ppo_optimizer
+from rlhf.distributed import (
+    check_quantized_launch,
+    configure_deepspeed_for_ppo,
+    deepspeed_stage,
+    frozen_model_loading,
+    ppo_optimizer,
+)
 from rlhf.models import (
     LoraArguments,
     check_causal_lm_folder,
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = resolve_dtype(script.torch_dtype)
     compute_dtype = dtype if isinstance(dtype, torch.dtype) else None
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit, compute_dtype)
+    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
     if quantization is not None and script.peft != "lora":
         raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     from accelerate import Accelerator

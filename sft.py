@@ -36,6 +36,7 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
+from rlhf.distributed import check_quantized_launch
 from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.stage import (
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
+    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
     if quantization is not None and peft_config is None:
         raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     check_training_flags(train_args)

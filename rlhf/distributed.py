@@ -263,3 +263,33 @@ def all_finite(accelerator: Any, grads: list[torch.Tensor]) -> bool:
         return finite
     flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
     return accelerator.reduce(flag, reduction="sum").item() == 0
+
+
+def check_quantized_launch(quantization: Any, environ: dict[str, str] | None = None) -> None:
+    """QLoRA with parameter sharding (FSDP, ZeRO-3) is not supported here: stop before loading anything.
+
+    Read from the launcher's environment (``accelerate launch`` sets these), because the Trainer-based stages build
+    their Accelerator only after the model is loaded.
+    """
+    if quantization is None:
+        return
+    import json
+    import os
+
+    env = os.environ if environ is None else environ
+    sharding = None
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        sharding = "FSDP"
+    elif env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if config_file and os.path.isfile(config_file):
+            with open(config_file, encoding="utf-8") as handle:
+                stage = json.load(handle).get("zero_optimization", {}).get("stage", stage)
+        if str(stage) == "3":
+            sharding = "DeepSpeed ZeRO-3"
+    if sharding:
+        raise UsageError(
+            f"--load_in_4bit/--load_in_8bit: quantized weights cannot be sharded with {sharding} here; launch with "
+            "configs/accelerate/ddp.yaml or deepspeed_zero2.yaml"
+        )

@@ -7,9 +7,11 @@ import importlib.util
 
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from rlhf.backend import Backend
 from rlhf.cli import UsageError
+
+ZERO3 = str(ROOT / "configs" / "accelerate" / "ds_zero3.json")
 
 
 @pytest.mark.parametrize("flag", ["--load_in_4bit"])  # --load_in_8bit: same path, see the Backend tests below
@@ -38,3 +40,33 @@ def test_quantized_config_needs_cuda(backend):
     with pytest.raises(UsageError, match=f"--load_in_8bit: quantized loading needs a CUDA GPU.*on {backend}"):
         Backend(backend).quantization_config(False, True)
     assert Backend(backend).quantization_config(False, False) is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": ZERO3}, "DeepSpeed ZeRO-3"),
+    ],
+)
+def test_quantized_with_parameter_sharding_is_refused(environ, named):
+    """The variables are those `accelerate launch` sets for the configs in configs/accelerate/."""
+    from rlhf.distributed import check_quantized_launch
+
+    with pytest.raises(UsageError, match=f"cannot be sharded with {named}"):
+        check_quantized_launch(object(), environ)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": ZERO3.replace("zero3", "zero2")},
+    ],
+)
+def test_quantized_with_ddp_or_zero2_is_allowed(environ):
+    from rlhf.distributed import check_quantized_launch
+
+    check_quantized_launch(object(), environ)
+    check_quantized_launch(None, {"ACCELERATE_USE_FSDP": "true"})  # nothing quantized: nothing to refuse
