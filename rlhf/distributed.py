@@ -9,7 +9,7 @@ Ready accelerate config files are in ``configs/accelerate/`` (README, "Scaling o
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -82,8 +82,9 @@ def rebuild_from_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
 
     is_peft = isinstance(model, PeftModel)
     base = model.get_base_model() if is_peft else model
-    with torch.device("meta"):
-        skeleton = type(base)._from_config(base.config)
+    # Only the main process builds this: under ZeRO-3 it must not be partitioned (a collective on one process).
+    with without_zero3_init(), torch.device("meta"):
+        skeleton = _unsharded_class(base)._from_config(base.config)
         if is_peft:
             adapter = model.active_adapter
             skeleton = get_peft_model(skeleton, model.peft_config[adapter], adapter_name=adapter)
@@ -100,6 +101,16 @@ def rebuild_from_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
     if left:
         raise RuntimeError(f"the gathered weights lack {left[:3]}")
     return skeleton
+
+
+def _unsharded_class(module: nn.Module) -> type:
+    """The model's own class: FSDP2 swaps the class of a module it shards for an ``FSDP<Name>`` subclass."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    if issubclass(cls, FSDPModule):
+        cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:
@@ -179,17 +190,19 @@ def generation_kwargs(accelerator: Any) -> dict[str, Any]:
     return {"synced_gpus": True} if shards_parameters(accelerator) and accelerator.num_processes > 1 else {}
 
 
-@contextmanager
-def frozen_model_loading(accelerator: Any):
+def frozen_model_loading(accelerator: Any) -> Any:
     """Context for loading models that are only run, never trained (reward model, frozen reference) under ZeRO-3.
 
     With ZeRO-3 active, ``from_pretrained`` partitions every model it loads (``deepspeed.zero.Init``, switched on by
     transformers' global DeepSpeed config); a model that never goes through ``accelerator.prepare`` would then hold
     empty parameters. Inside this context that global config is lifted, so these models load as whole replicas.
     """
-    if deepspeed_stage(accelerator) != 3:
-        yield
-        return
+    return without_zero3_init() if deepspeed_stage(accelerator) == 3 else nullcontext()
+
+
+@contextmanager
+def without_zero3_init():
+    """Lift transformers' global DeepSpeed config (if any) for the duration: models built inside are plain."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     ref = hf_deepspeed._hf_deepspeed_config_weak_ref
