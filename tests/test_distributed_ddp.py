@@ -29,7 +29,7 @@ def test_ddp_config_runs_sft_on_two_processes(tiny_dir, tmp_path):
         *("--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2"),
         *("--mixed_precision", "no", "--main_process_port", str(free_port()), str(ROOT / "sft.py")),
         *("--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)),
-        *("--per_device_train_batch_size", "2", "--max_steps", "2", "--report_to", "none"),
+        *("--per_device_train_batch_size", "2", "--max_steps", "2", "--report_to", "none", "--log_level", "info"),
         env={"OMP_NUM_THREADS": "1"},
         timeout=400,
     )
