@@ -205,3 +205,28 @@ def test_resuming_a_sharded_checkpoint_without_sharding_is_one_line_exit_2(sft_o
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --resume_from_checkpoint") and "sharded run (FSDP/DeepSpeed)" in last
+
+
+def test_full_fine_tune_under_fsdp_sft_then_ppo(tiny_dir, rm_out, pairs, tmp_path):
+    """--peft none: the sharded root is the model itself (FSDP swaps its class); the gathered copy is rebuilt as
+    the plain class, trained weights differ from the input ones in every tensor, and PPO with a frozen reference
+    replica (not sharded) runs on it."""
+    from transformers import AutoModelForCausalLM
+
+    sft = tmp_path / "sft-full"
+    accelerate_fsdp(
+        "sft.py",
+        *("--model_name_or_path", str(tiny_dir), "--dataset_name", str(pairs), "--output_dir", str(sft)),
+        *("--per_device_train_batch_size", "2", "--max_steps", "2", "--learning_rate", "1e-2", "--peft", "none"),
+        *("--save_strategy", "no", "--report_to", "none"),
+    )
+    assert json.loads((sft / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert not (sft / "adapter").exists()
+    base, trained = (state(p, AutoModelForCausalLM.from_pretrained) for p in (tiny_dir, sft))
+    assert base.keys() == trained.keys()
+    assert all(not torch.equal(base[k], trained[k]) for k in base)  # every tensor trained (and gathered whole)
+    ppo = tmp_path / "ppo-full"
+    accelerate_fsdp("rl_training.py", *ppo_args(sft, rm_out, pairs, ppo), "--peft", "none")
+    final = state(ppo / "final", AutoModelForCausalLM.from_pretrained)
+    assert any(not torch.equal(final[k], trained[k]) for k in final)
+    assert all(torch.isfinite(v).all() for v in final.values())
