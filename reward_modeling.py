@@ -45,6 +45,7 @@ from rlhf.cli import (
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, reward_features
 from rlhf.gaudi import trainer_config_base
+from rlhf.distributed import check_quantized_launch
 from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
+    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
     peft_config = lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
     check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
     guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage

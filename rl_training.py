@@ -50,6 +50,13 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_text, load_pairs
+from rlhf.distributed import (
+    check_quantized_launch,
+    configure_deepspeed_for_ppo,
+    deepspeed_stage,
+    frozen_model_loading,
+    ppo_optimizer,
+)
 from rlhf.models import (
     LoraArguments,
     check_causal_lm_folder,
@@ -97,6 +104,14 @@ class ScriptArguments:
     )
     log_samples_every: int = field(default=10, metadata={"help": "Log a few (prompt, response, score) every N steps."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the policy and reward model in 4 bit (NF4; CUDA + bitsandbytes, --peft lora)."},
+    )
+    load_in_8bit: bool = field(
+        default=False,
+        metadata={"help": "Load the policy and reward model in 8 bit (CUDA + bitsandbytes, --peft lora)."},
+    )
     debug: bool = field(default=False, metadata={"help": "Full tracebacks for input errors."})
 
 
@@ -140,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
     parse_bool(script.batched_gen, "batched_gen")
     backend = select_backend(backend_args)
+    dtype = resolve_dtype(script.torch_dtype)
+    compute_dtype = dtype if isinstance(dtype, torch.dtype) else None
+    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit, compute_dtype)
+    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
+    if quantization is not None and script.peft != "lora":
+        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     if backend.is_gaudi and not cfg.static_shapes:
         logger.info("Gaudi: static shapes on (prompts padded to --max_prompt_length, responses to their maximum)")
         cfg.static_shapes = True
@@ -154,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     check_causal_lm_folder(script.model_name, "model_name")
     check_reward_folder(script.reward_model_name, "reward_model_name")
-    dtype = resolve_dtype(script.torch_dtype)
     output_dir = Path(script.output_dir)
     resume = resolve_checkpoint(script.resume_from_checkpoint, output_dir)
 
@@ -182,17 +202,33 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(script.seed)  # identical initialisation (LoRA, value head) on every process
+    quantized = {"quantization_config": quantization} if quantization is not None else {}
     lm = AutoModelForCausalLM.from_pretrained(
-        script.model_name, token=hub.token, trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype)
+        script.model_name,
+        token=hub.token,
+        trust_remote_code=script.trust_remote_code,
+        **dtype_kwarg(dtype),
+        **quantized,
     )
     fit_embeddings(lm, tokenizer)
     ref_model = None
     if script.peft == "lora":
         from peft import get_peft_model
 
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
         peft_config = lora_args.peft_config("CAUSAL_LM")
         check_lora_targets(lm, peft_config)
         lm = get_peft_model(lm, peft_config)
+    elif deepspeed_stage(accelerator) == 3:  # the policy was partitioned while loading: load the reference whole
+        with frozen_model_loading(accelerator):
+            ref_model = AutoModelForCausalLM.from_pretrained(
+                script.model_name, token=hub.token, trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype)
+            )
+        fit_embeddings(ref_model, tokenizer)
+        ref_model = ref_model.eval().requires_grad_(False).to(accelerator.device)
     else:
         ref_model = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
     policy = PolicyWithValue(lm)
@@ -206,28 +242,26 @@ def main(argv: list[str] | None = None) -> int:
             rm_fmt.kind,
             fmt.kind,
         )
-    reward_model = AutoModelForSequenceClassification.from_pretrained(
-        script.reward_model_name,
-        num_labels=1,
-        token=hub.token,
-        trust_remote_code=script.trust_remote_code,
-        **dtype_kwarg(dtype),
-    )
+    with frozen_model_loading(accelerator):  # inference only: a whole replica on every process, never sharded
+        reward_model = AutoModelForSequenceClassification.from_pretrained(
+            script.reward_model_name,
+            num_labels=1,
+            token=hub.token,
+            trust_remote_code=script.trust_remote_code,
+            **dtype_kwarg(dtype),
+            **quantized,
+        )
     reward_model.config.pad_token_id = rm_tokenizer.pad_token_id
-    reward_model = reward_model.eval().requires_grad_(False).to(accelerator.device)
+    reward_model = reward_model.eval().requires_grad_(False)
+    if quantization is None:  # bitsandbytes places quantized weights on the GPU itself and refuses .to()
+        reward_model = reward_model.to(accelerator.device)
     reward_stats = load_reward_stats(script.reward_model_name)
     if cfg.normalize_rewards and not reward_stats:
         raise UsageError(f"--normalize_rewards: {script.reward_model_name} has no reward_stats.json")
 
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    if cfg.adafactor:
-        from transformers.optimization import Adafactor
-
-        optimizer = Adafactor(
-            trainable, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
-        )
-    else:
-        optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate)
+    configure_deepspeed_for_ppo(accelerator, cfg.mini_batch_size, cfg.max_grad_norm)
+    optimizer = ppo_optimizer(accelerator, trainable, cfg.learning_rate, cfg.adafactor)
     policy, optimizer = accelerator.prepare(policy, optimizer)
 
     # ------------------------------------------------------------------ engine, resume, trackers

@@ -42,6 +42,7 @@ from rlhf.cli import (
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
 from rlhf.gaudi import trainer_config_base
+from rlhf.distributed import check_quantized_launch
 from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.stage import (
@@ -67,6 +68,8 @@ class ScriptArguments:
         default=None, metadata={"help": "Weights dtype when loading: auto, bfloat16, float16, float32."}
     )
     peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
     dataset_concatenation: bool = field(
         default=False,
         metadata={
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if script.peft not in ("lora", "none"):
         raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
     peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
+    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
+    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
+    if quantization is not None and peft_config is None:
+        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     check_training_flags(train_args)
     check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
     guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
@@ -141,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ model
     set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run
-    model = load_causal_lm(script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code)
+    model = load_causal_lm(
+        script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code, quantization
+    )
     if peft_config is not None:
         check_lora_targets(model, peft_config)
 

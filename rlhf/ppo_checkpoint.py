@@ -6,8 +6,9 @@ A checkpoint folder holds:
 * the merged (or fully fine-tuned) policy at the folder root, loadable with ``AutoModelForCausalLM`` — always in
   ``final/``, in ``step_N/`` with ``--save_merged``;
 * ``value_head.safetensors``, the tokenizer and ``prompt_format.json``;
-* what an exact resume needs: ``trainable_state.safetensors`` (every trained parameter), ``optimizer.pt``,
-  ``rng.pt`` (all random generators, per process) and ``state.json`` (step, data position, KL controller).
+* what an exact resume needs: ``trainable_state.safetensors`` (every trained parameter) and ``optimizer.pt`` —
+  or, in sharded runs (FSDP, DeepSpeed ZeRO), ``accelerate_state/`` with every process's shards —, ``rng.pt`` (all
+  random generators, per process) and ``state.json`` (step, data position, KL controller).
 
 Weights are safetensors; the ``.pt`` files hold only tensors and numbers and are read with ``weights_only=True``.
 """
@@ -24,7 +25,10 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.checkpoint import COMPLETE_MARKER, atomic_folder, is_complete
 from rlhf.cli import UsageError
+from rlhf.distributed import full_state_dict, rebuild_from_state_dict, shards_optimizer, shards_parameters
 from rlhf.prompt_format import PromptFormat
+
+SHARDED_STATE = "accelerate_state"  # FSDP/DeepSpeed: weights and optimizer shards, written by every process
 
 
 def _trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,19 +53,39 @@ def save_checkpoint(
     merged: bool,
     final: bool = False,
 ) -> None:
-    """Write a checkpoint atomically. Called on every rank (each contributes its random state); rank 0 writes."""
+    """Write a checkpoint atomically. Called on every rank (each contributes its random state); rank 0 writes.
+
+    Sharded runs (FSDP, DeepSpeed ZeRO) write weights and optimizer state through ``accelerator.save_state``
+    (every process its shard, into ``accelerate_state/``; the folder must be on a file system all nodes share), and
+    the loadable policy from weights gathered once on rank 0.
+    """
+    import shutil
+
     from accelerate.utils import gather_object
 
     rng_per_rank = gather_object([_rng_state()])
     policy = engine.unwrapped
+    shared_state = folder.parent / f".tmp-state-{folder.name}"
+    if shards_optimizer(accelerator):
+        if accelerator.is_main_process and shared_state.exists():
+            shutil.rmtree(shared_state)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(shared_state))
+        accelerator.wait_for_everyone()
+    full = full_state_dict(accelerator, engine.policy) if shards_parameters(accelerator) else None
     if accelerator.is_main_process:
         with atomic_folder(folder, {"step": step, "final": final}) as tmp:
-            save_file(_trainable_state(policy), str(tmp / "trainable_state.safetensors"))
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                str(tmp / "value_head.safetensors"),
+            if shards_optimizer(accelerator):
+                shared_state.rename(tmp / SHARDED_STATE)
+            else:
+                save_file(_trainable_state(policy), str(tmp / "trainable_state.safetensors"))
+                torch.save(engine.optimizer.state_dict(), tmp / "optimizer.pt")
+            head = (
+                {k.split(".", 1)[1]: v for k, v in full.items() if k.startswith("value_head.")}
+                if full is not None
+                else policy.value_head.state_dict()
             )
-            torch.save(engine.optimizer.state_dict(), tmp / "optimizer.pt")
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp / "value_head.safetensors"))
             torch.save(
                 {"ranks": rng_per_rank, **engine.state_dict()},
                 tmp / "rng.pt",
@@ -70,11 +94,15 @@ def save_checkpoint(
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             lm = policy.lm
             is_peft = hasattr(lm, "peft_config")
+            if full is not None:  # sharded: a plain CPU copy of the LM from the gathered weights
+                lm = rebuild_from_state_dict(lm, {k[3:]: v for k, v in full.items() if k.startswith("lm.")})
+                del full
             if is_peft:
                 lm.save_pretrained(str(tmp / "adapter"))
             if merged or not is_peft:
-                # Final: merge in place (training is over). Mid-run: merge a copy, so training weights stay exact.
-                target = lm if final else copy.deepcopy(lm)
+                # Final or a gathered copy: merge in place. Mid-run on the live model: merge a copy, so training
+                # weights stay exact.
+                target = lm if final or shards_parameters(accelerator) else copy.deepcopy(lm)
                 plain = target.merge_and_unload() if is_peft else target
                 plain.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
@@ -108,6 +136,31 @@ def resolve_checkpoint(value: str | None, output_dir: str | Path) -> Path | None
 def load_checkpoint(folder: Path, accelerator: Any, engine: Any, sampler: Any) -> int:
     """Restore weights, optimizer, generators and data position; returns the step to continue from."""
     policy = engine.unwrapped
+    sharded_state = folder / SHARDED_STATE
+    if shards_optimizer(accelerator) != sharded_state.is_dir():
+        written = "a sharded run (FSDP/DeepSpeed)" if sharded_state.is_dir() else "an unsharded run (DDP/one process)"
+        raise UsageError(
+            f"--resume_from_checkpoint {folder}: written by {written}; resume it with the same accelerate config"
+        )
+    if sharded_state.is_dir():
+        accelerator.load_state(str(sharded_state))  # weights and optimizer, each process its shard
+    else:
+        _load_replicated(folder, engine, policy)
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    engine.load_state_dict(rng)
+    ranks = rng["ranks"]
+    mine = ranks[accelerator.process_index] if accelerator.process_index < len(ranks) else ranks[0]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["cuda"])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    sampler.load_state_dict(state["sampler"])
+    engine.kl_ctl.load_state_dict(state["kl_ctl"])
+    return int(state["step"])
+
+
+def _load_replicated(folder: Path, engine: Any, policy: torch.nn.Module) -> None:
+    """Trained parameters and optimizer state of an unsharded run (every process holds them whole)."""
     saved = load_file(str(folder / "trainable_state.safetensors"))
     expected = {n for n, p in policy.named_parameters() if p.requires_grad}
     if set(saved) != expected:
@@ -121,14 +174,3 @@ def load_checkpoint(folder: Path, accelerator: Any, engine: Any, sampler: Any) -
         for name, tensor in saved.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
     engine.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
-    engine.load_state_dict(rng)
-    ranks = rng["ranks"]
-    mine = ranks[accelerator.process_index] if accelerator.process_index < len(ranks) else ranks[0]
-    torch.set_rng_state(mine["torch"])
-    if "cuda" in mine and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(mine["cuda"])
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    sampler.load_state_dict(state["sampler"])
-    engine.kl_ctl.load_state_dict(state["kl_ctl"])
-    return int(state["step"])

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rlhf.gaudi import DeviceRuntime
+from rlhf.distributed import accumulation_boundary, all_finite, full_parameters, generation_kwargs
 from rlhf.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -311,12 +312,14 @@ class PPOEngine:
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         saved, base.generation_config = base.generation_config, gen_config
         try:
-            out = lm.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=gen_config,
-                **self.runtime.generate_kwargs,  # Gaudi lazy mode: optimum-habana's generation with HPU graphs
-            )
+            with full_parameters(self.accelerator, self.policy):  # sharded policy (FSDP/ZeRO-3): rlhf.distributed
+                out = lm.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=gen_config,
+                    **generation_kwargs(self.accelerator),
+                    **self.runtime.generate_kwargs,  # Gaudi lazy mode: optimum-habana's generation with HPU graphs
+                )
         finally:
             base.generation_config = saved
         self.runtime.mark_step()
@@ -350,7 +353,7 @@ class PPOEngine:
             self.forward_calls["reference"] += 1
             if self.ref_model is None:
                 lm = self.unwrapped.lm
-                with adapter_disabled(lm):
+                with full_parameters(self.accelerator, self.policy), adapter_disabled(lm):
                     logits = lm(
                         input_ids=input_ids[part],
                         attention_mask=attention_mask[part],
@@ -479,7 +482,9 @@ class PPOEngine:
                     elif pg_stats["ratio_mean"] > cfg.ratio_threshold:
                         skipped_ratio += 1
                         loss = loss * 0.0
-                    self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                    last = m_start + cfg.mini_batch_size >= b_start + backward_size
+                    with accumulation_boundary(self.accelerator, last):  # DeepSpeed steps only at the boundary
+                        self.accelerator.backward(loss / cfg.gradient_accumulation_steps)
                     self.runtime.mark_step()
                     approx_kls.append(pg_stats["approxkl"].item())
                     stats["loss/policy"].append(pg_loss.item())
@@ -515,7 +520,7 @@ class PPOEngine:
         # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
         # every rank decides the same).
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if all(torch.isfinite(g).all() for g in grads):
+        if all_finite(self.accelerator, grads):  # sharded gradients: every rank checks its shard, all agree
             self.optimizer.step()
         else:
             self.nonfinite_updates_skipped += 1

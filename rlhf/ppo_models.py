@@ -33,6 +33,8 @@ class PolicyWithValue(nn.Module):
         nn.init.normal_(self.value_head.weight, std=1e-3 / hidden**0.5)
         nn.init.zeros_(self.value_head.bias)
         self.value_head.float()
+        # FSDP wraps each decoder layer as its own unit: the layer classes are the language model's.
+        self._no_split_modules = list(getattr(lm, "_no_split_modules", None) or [])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Shapes: ``(B, L)`` in; logits ``(B, L, V)`` and values ``(B, L)`` (float32) out."""

@@ -19,6 +19,13 @@ from transformers import TrainerCallback
 from rlhf.checkpoint import STAGING, discard_staging, latest_trainer_checkpoint, prepare_staging, publish_staged
 from rlhf.cli import HubArguments, RunError, UsageError, hide_token_from_environment, scrub_argv
 from rlhf.data import DropReport
+from rlhf.distributed import (
+    broadcast_from_main,
+    full_state_dict,
+    nonfinite_tensors,
+    rebuild_from_state_dict,
+    shards_parameters,
+)
 from rlhf.models import check_causal_lm_folder, fit_embeddings, upcast_trainable
 from rlhf.prompt_format import PromptFormat
 
@@ -181,18 +188,28 @@ def check_lora_targets(model: Any, peft_config: Any) -> None:
         )
 
 
-def load_causal_lm(name: str, tokenizer: Any, dtype: Any, token: str | None, trust_remote_code: bool) -> Any:
-    """A causal LM ready for training with ``tokenizer`` (embeddings grown if a pad token was added)."""
+def load_causal_lm(
+    name: str, tokenizer: Any, dtype: Any, token: str | None, trust_remote_code: bool, quantization: Any | None = None
+) -> Any:
+    """A causal LM ready for training with ``tokenizer`` (embeddings grown if a pad token was added).
+
+    ``quantization``: a bitsandbytes config (``Backend.quantization_config``) for QLoRA; the quantized model is
+    prepared for adapter training (norms in float32, input gradients on)."""
     from transformers import AutoModelForCausalLM
 
     check_causal_lm_folder(name, "model_name_or_path")
+    kwargs = {"quantization_config": quantization} if quantization is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype)
+            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **kwargs
         )
     except (OSError, ValueError) as err:  # no weights or config in the folder, not on the hub, no network
         raise UsageError(f"--model_name_or_path {name}: cannot load the model ({_first_line(err)})") from None
     fit_embeddings(model, tokenizer)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
@@ -254,24 +271,35 @@ def save_stage_output(
     """
     from peft import PeftModel
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
     is_peft = isinstance(model, PeftModel)
-    bad = nonfinite_parameters(model)
+    sharded = shards_parameters(accelerator)
+    main_process = trainer.is_world_process_zero()
+    # ZeRO-3/FSDP: no process holds the whole model; gather it once (every process takes part), write on rank 0.
+    state = full_state_dict(accelerator, trainer.model_wrapped) if sharded else None
+    if sharded:
+        bad = broadcast_from_main(accelerator, nonfinite_tensors(state) if main_process else None)
+    else:
+        bad = nonfinite_parameters(model)
     if bad:
         raise RunError(
             f"{stage}: the trained weights hold NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}); nothing was "
             f"saved in {output_dir}. Lower --learning_rate or check the input model and data"
         )
-    main_process = trainer.is_world_process_zero()
     try:
         staging = prepare_staging(output_dir) if main_process else output_dir / STAGING
-        trainer.accelerator.wait_for_everyone()
-        if is_peft:
+        accelerator.wait_for_everyone()
+        if is_peft and not sharded:
             trainer.save_model(str(staging / "adapter"))
-        trainer.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         if main_process:
-            merged = model.merge_and_unload() if is_peft else model
+            plain = rebuild_from_state_dict(model, state) if sharded else model
+            if is_peft and sharded:
+                plain.save_pretrained(str(staging / "adapter"))
+            merged = plain.merge_and_unload() if is_peft else plain
             merged.save_pretrained(str(staging), safe_serialization=True)
+            del state, plain, merged
             tokenizer.save_pretrained(str(staging))
             fmt.save(staging)
             payload = {"stage": stage, "data": data_report.summary(), **metrics}

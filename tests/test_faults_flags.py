@@ -80,6 +80,10 @@ COMMON = {
     ),
     "lora_layers_not_a_range": (["--lora_layers", "top-2"], ["--lora_layers", "like 22-29"], EARLY),
     "lora_layers_beyond_the_model": (["--lora_layers", "1-5"], ["--lora_layers", "has 2 layers", "5"], LATE),
+    # QLoRA exists for both stages (and rl_training.py, tests/test_distributed_quantized.py); this machine has no GPU.
+    "load_in_4bit_without_gpu": (["--load_in_4bit"], ["--load_in_4bit", "CUDA", "bitsandbytes"], EARLY),
+    "load_in_8bit_without_gpu": (["--load_in_8bit"], ["--load_in_8bit", "CUDA", "bitsandbytes"], EARLY),
+    "load_in_4bit_and_8bit": (["--load_in_4bit", "--load_in_8bit"], ["exclusive"], EARLY),
     "lora_target_missing": (
         ["--lora_target_modules", "q_proj,attn_c"],
         ["--lora_target_modules", "attn_c", "q_proj", "all-linear"],
@@ -87,12 +91,9 @@ COMMON = {
     ),
 }
 SFT_ONLY = {
-    "load_in_4bit_is_not_an_sft_flag": (["--load_in_4bit"], ["--load_in_4bit"], EARLY),
     "use_fast_tokenizer_not_a_bool": (["--use_fast_tokenizer", "maybe"], ["--use_fast_tokenizer", "maybe"], EARLY),
 }
 RM_ONLY = {
-    "load_in_4bit_without_gpu": (["--load_in_4bit"], ["--load_in_4bit", "CUDA", "bitsandbytes"], EARLY),
-    "load_in_4bit_and_8bit": (["--load_in_4bit", "--load_in_8bit"], ["exclusive"], EARLY),
     "zero_scoring_batch": (["--eval_batch_size", "0"], ["--eval_batch_size"], EARLY),
 }
 
