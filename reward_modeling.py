@@ -44,8 +44,8 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, reward_features
-from rlhf.gaudi import trainer_config_base
 from rlhf.distributed import check_quantized_launch
+from rlhf.gaudi import trainer_config_base
 from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences

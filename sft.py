@@ -41,8 +41,8 @@ from rlhf.cli import (
     setup_logging,
 )
 from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
-from rlhf.gaudi import trainer_config_base
 from rlhf.distributed import check_quantized_launch
+from rlhf.gaudi import trainer_config_base
 from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
 from rlhf.prompt_format import resolve_prompt_format
 from rlhf.stage import (

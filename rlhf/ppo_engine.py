@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhf.gaudi import DeviceRuntime
 from rlhf.distributed import accumulation_boundary, all_finite, full_parameters, generation_kwargs
+from rlhf.gaudi import DeviceRuntime
 from rlhf.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
