@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             trainable, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False
         )
     else:
-        optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate)
+        # foreach: one multi-tensor update instead of a Python loop over parameters (not torch's default on CPU).
+        optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate, foreach=True)
     policy, optimizer = accelerator.prepare(policy, optimizer)
 
     # ------------------------------------------------------------------ engine, resume, trackers
