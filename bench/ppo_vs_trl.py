@@ -1,6 +1,6 @@
 """PPO against TRL 1.12's PPOTrainer: same tiny Llama, prompts, batch, fixed response length, epochs, minibatches.
 
-    python -m bench.ppo_vs_trl [--rounds 3] [--steps 4]
+    python -m bench.ppo_vs_trl [--rounds 3] [--steps 3] [--batch_size 8] [--mini_batch_size 2]
 
 Creates ``.venv-trl112`` on first use (torch CPU, trl==1.12.0, transformers 5.x, peft, requests; never a project
 dependency). Each round runs both stacks once per variant (full fine-tune, LoRA), alternating which goes first, so
@@ -50,7 +50,7 @@ def ensure_trl_venv() -> str:
     probe = (
         "import torch, transformers, trl; from trl.experimental.ppo import PPOTrainer; "
         "assert transformers.__version__.startswith('5.'), transformers.__version__; "
-        "print(trl.__version__, transformers.__version__, torch.__version__)"
+        "print(f'trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}')"
     )
     out = subprocess.run([str(TRL_PY), "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
@@ -145,9 +145,9 @@ def import_floor_mb(python: str, imports: str, threads: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4, help="PPO steps per run (the first is warm-up)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--mini_batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="PPO steps per run (the first is warm-up)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--mini_batch_size", type=int, default=2)
     parser.add_argument("--ppo_epochs", type=int, default=4)
     parser.add_argument("--response_length", type=int, default=32)
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both stacks")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = work / "prompts.jsonl"
     mean_prompt = write_prompts(policy, prompts)
     results: dict = {
-        "peer": f"trl {versions}",
+        "peer": versions,
         "config": {**vars(args), "mean_prompt_tokens": mean_prompt},
         "variants": {},
     }

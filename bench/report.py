@@ -154,7 +154,7 @@ def ppo_section(ppo: dict, summary: list[list[str]]) -> str:
     )
     return f"""## 1. PPO against TRL 1.12's PPOTrainer
 
-Peer: `trl.experimental.ppo.PPOTrainer` from {ppo["peer"]} (trl, transformers, torch), in its own venv
+Peer: `trl.experimental.ppo.PPOTrainer` ({ppo["peer"]}), in its own venv
 (`.venv-trl112`, created by `bench/ppo_vs_trl.py`). Both stacks train the same randomly initialised tiny Llama
 (4 layers, hidden 256, vocabulary {4096} from this benchmark's tokenizer) against the same reward model (same
 architecture as a sequence classifier), on the same prompts (rl_training.py's rendering, mean
@@ -192,6 +192,7 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
                 f"{100 * r['pad_fraction']:.1f}%",
                 f"{r['flops_per_token'] / 1e6:.0f}",
                 f"{r['achieved_flops'] / 1e9:.2f}",
+                f"{r['matmul_flops'] / 1e9:.2f}",
                 f"{100 * r['fraction_of_matmul']:.1f}%",
             ]
         )
@@ -245,7 +246,7 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
         )
     model = eff["model"]
     header = ["run", "dtype", "params", "packing", "act. ckpt", "row width", "tokens/s", "padding", "MFLOP/token"]
-    runs_table = table([*header, "GFLOP/s", "% of matmul"], rows)
+    runs_table = table([*header, "GFLOP/s", "matmul GFLOP/s", "% of matmul"], rows)
     return f"""## 2. Training efficiency of sft.py and reward_modeling.py
 
 Model: SmolLM2-135M's transformer (hidden {model["dims"]["hidden_size"]}, {model["dims"]["num_hidden_layers"]} layers,
@@ -260,7 +261,8 @@ did); steady state = the steps after the first. sft.py inherits TRL's default of
 recomputed in backward: 8 N of work for 6 N counted); the runs turn it off except `sft-fp32-packed-ckpt`, which shows
 the default's cost.
 
-Measured matmul rate (`torch.matmul`, same process, same thread count):
+Matmul rate (`torch.matmul` in the benchmark process, same thread count; best of the shapes below, measured at the
+start and again right before each run, whose share uses its own measurement):
 
 {mm}
 

@@ -1,6 +1,6 @@
 """PPO seconds per step against batch size and against response length, and one step's time by phase.
 
-    python -m bench.scaling [--batch_sizes 4,8,12,16] [--lengths 16,32,48,64]
+    python -m bench.scaling [--batch_sizes 2,4,6,8] [--lengths 16,32,48,64]
 
 Every point is a real rl_training.py run on the tiny Llama (full fine-tune, fixed response length, EOS ignored);
 its seconds per step is the median of the engine's own ``time/ppo/total`` over the steps after the first, and the
@@ -44,10 +44,10 @@ def sweep(name: str, values: list[int], fixed: dict, policy, reward, base: argpa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch_sizes", default="4,8,12,16")
+    parser.add_argument("--batch_sizes", default="2,4,6,8")
     parser.add_argument("--lengths", default="16,32,48,64")
     parser.add_argument("--steps", type=int, default=3, help="PPO steps per point (the first is warm-up)")
-    parser.add_argument("--mini_batch_size", type=int, default=4)
+    parser.add_argument("--mini_batch_size", type=int, default=2)
     parser.add_argument("--ppo_epochs", type=int, default=4)
     parser.add_argument("--threads", default="1")
     args = parser.parse_args(argv)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size", [int(v) for v in args.batch_sizes.split(",")], {"response_length": 32}, policy, reward, base
     )
     length = sweep(
-        "response_length", [int(v) for v in args.lengths.split(",")], {"batch_size": 8}, policy, reward, base
+        "response_length", [int(v) for v in args.lengths.split(",")], {"batch_size": 4}, policy, reward, base
     )
     save_json("scaling", {"config": vars(args), "batch_size": batch, "response_length": length})
 
