@@ -46,7 +46,7 @@ class PolicyWithValue(nn.Module):
             position_ids=position_ids,
             output_hidden_states=True,
             use_cache=False,
-            logits_to_keep=logits_to_keep,
+            **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         hidden = out.hidden_states[-1]
         values = self.value_head(hidden.float()).squeeze(-1)

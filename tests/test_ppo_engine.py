@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rl_training import PPOLoraArguments
-from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine
+from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine, _all_finite
 from rlhf.ppo_models import PolicyWithValue, RewardScorer, position_ids_from_mask, response_logprobs
 from rlhf.prompt_format import PromptFormat
 from tiny import ORCA_ROWS, build_llama, build_tokenizer
@@ -309,6 +309,15 @@ def test_ignore_eos_keeps_every_response_at_full_length(engine_factory, tokenize
             assert (responses[i][first + 1 :] != tokenizer.pad_token_id).any()
             assert (ro.logprobs[i, first + 1 :] < 0).all()
             assert ro.responses[i].index(tokenizer.eos_token) < len(ro.responses[i]) - len(tokenizer.eos_token)
+
+
+def test_all_finite_finds_one_bad_value_among_many_tensors():
+    grads = [torch.randn(7, 5), torch.randn(3), torch.randn(2, 2, 2)]
+    assert _all_finite(grads) and _all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][2] = bad
+        assert not _all_finite(broken)
 
 
 def test_response_logprobs_from_response_logits_only_match_the_full_logits():
