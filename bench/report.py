@@ -299,6 +299,14 @@ def scaling_section(scaling: dict, summary: list[list[str]]) -> str:
                 yes(s["r2"] >= TARGET_R2),
             ]
         )
+    length = scaling["response_length"]["points"]
+    per_token = [p["generate"] / p["response_length"] for p in length]
+    gen_text = (
+        f"Generation alone costs {1000 * min(per_token):.1f}–{1000 * max(per_token):.1f} ms per response token "
+        f"across the length sweep (flat per token: the KV cache works). A flagged x² term therefore comes from the "
+        "forwards and backward over prompt + response, whose attention grows with the square of the sequence length, "
+        "and from noise: four points on a shared CPU move the quadratic fit by several percent."
+    )
     return f"""## 3. Scaling: PPO seconds per step
 
 rl_training.py on the tiny Llama, full fine-tune, fixed response length (EOS ignored), minibatch
@@ -308,6 +316,8 @@ flags a super-linear term when its x² part is >= 10% of the largest point's tim
 none is expected from it).
 
 {(chr(10) * 2).join(parts)}
+
+{gen_text}
 
 ![scaling]({plot_scaling(scaling)})
 """
@@ -339,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     ppo, eff, scaling = load_json("ppo_vs_trl"), load_json("efficiency"), load_json("scaling")
     info = machine()
     info["threads"] = f"{os.environ.get('OMP_NUM_THREADS', info['threads'])} per benchmark process (OMP_NUM_THREADS)"
+    info["load average at report time"] = "{:.1f} / {:.1f} / {:.1f} (1/5/15 min; the cores are shared)".format(
+        *os.getloadavg()
+    )
     summary: list[list[str]] = []
     sections = []
     if ppo:
