@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow test-all lint demo clean setup-gaudi test-gaudi
+.PHONY: setup test test-slow test-all lint demo bench clean setup-gaudi test-gaudi
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,12 @@ $(DEMO_MODEL)/.complete: | setup
 demo: setup $(DEMO_MODEL)/.complete
 	HF_HUB_OFFLINE=1 $(PY) -m rlhf.pipeline --config configs/demo.json
 	@echo "demo outputs: out/demo (sft, rm, ppo/final, logs)"
+
+# Benchmarks -> BENCHMARKS.md + bench/plots/ (about 25 minutes on 2 CPU cores; not part of CI). The TRL 1.12 peer
+# gets its own .venv-trl112, created on first use. One thread per process: ratios stay fair on a shared machine.
+BENCH_THREADS ?= 1
+bench: setup
+	OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
 
 clean:
 	rm -rf out .pytest_cache

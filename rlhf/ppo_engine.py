@@ -104,6 +104,13 @@ class PPOConfig:
     response_length: int | None = field(
         default=None, metadata={"help": "Fixed response length (max new tokens) instead of the sampled one."}
     )
+    ignore_eos: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample EOS like any other token and keep every response at the full response length "
+            "(nothing cut after EOS): fixed-length rollouts for benchmarks and shape-stable runs."
+        },
+    )
     max_prompt_length: int = field(default=512, metadata={"help": "Longer prompts are dropped and counted."})
     forward_batch_size: int | None = field(
         default=None, metadata={"help": "Sequences per no-grad forward in the rollout (default: the whole batch)."}
@@ -302,7 +309,7 @@ class PPOEngine:
             temperature=self.config.temperature,
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,
-            eos_token_id=self.eos_ids,
+            eos_token_id=None if self.config.ignore_eos else self.eos_ids,
             pad_token_id=pad,
         )
         lm = self.unwrapped.lm
@@ -338,7 +345,9 @@ class PPOEngine:
         for part in self._chunks(input_ids.shape[0]):
             self.forward_calls["policy"] += 1
             with self.runtime.graphs(self.unwrapped):
-                logits, vals = self.policy(input_ids[part], attention_mask[part], position_ids[part])
+                logits, vals = self.policy(
+                    input_ids[part], attention_mask[part], position_ids[part], input_ids.shape[1] - width + 1
+                )
             lp, ent = response_logprobs(logits, input_ids[part], width, self.config.temperature)
             logprobs.append(lp)
             values.append(vals[:, width - 1 : -1])
@@ -359,6 +368,7 @@ class PPOEngine:
                         attention_mask=attention_mask[part],
                         position_ids=position_ids[part],
                         use_cache=False,
+                        logits_to_keep=input_ids.shape[1] - width + 1,
                     ).logits
             else:
                 with self.runtime.graphs(self.ref_model):  # not with the adapter off: a graph ignores that switch
@@ -367,6 +377,7 @@ class PPOEngine:
                         attention_mask=attention_mask[part],
                         position_ids=position_ids[part],
                         use_cache=False,
+                        logits_to_keep=input_ids.shape[1] - width + 1,
                     ).logits
             out.append(response_logprobs(logits, input_ids[part], width, self.config.temperature)[0])
         return torch.cat(out)
@@ -381,6 +392,8 @@ class PPOEngine:
 
         eos = self.eos_ids if isinstance(self.eos_ids, list) else [self.eos_ids]
         responses, response_mask, has_eos = truncate_after_eos(raw_responses, eos, self.tokenizer.pad_token_id)
+        if cfg.ignore_eos:  # an EOS mid-response is an ordinary token: keep the whole sample
+            responses, response_mask = raw_responses, torch.ones_like(response_mask)
         response_mask[:, max_new_tokens:] = 0  # static shapes: the fill past the drawn length is not a response
         width = prompt_ids.shape[1]
         input_ids = torch.cat([prompt_ids, responses], dim=1)
@@ -449,6 +462,7 @@ class PPOEngine:
         backward_size = cfg.mini_batch_size * cfg.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         early_stopped = skipped_ratio = skipped_nonfinite = 0
+        keep_logits = ro.input_ids.shape[1] - ro.prompt_width + 1  # the LM head runs on response positions only
         self.first_minibatch_max_abs_logratio = None
         self.policy.eval()
         start = time.perf_counter()
@@ -459,7 +473,9 @@ class PPOEngine:
                 for m_start in range(b_start, b_start + backward_size, cfg.mini_batch_size):
                     idx = order[m_start : m_start + cfg.mini_batch_size]
                     mask = ro.response_mask[idx]
-                    logits, values = self.policy(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx])
+                    logits, values = self.policy(
+                        ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], keep_logits
+                    )
                     logprobs, entropy = response_logprobs(logits, ro.input_ids[idx], ro.prompt_width, cfg.temperature)
                     values = values[:, ro.prompt_width - 1 : -1]
                     if self.first_minibatch_max_abs_logratio is None:

@@ -36,14 +36,19 @@ class PolicyWithValue(nn.Module):
         # FSDP wraps each decoder layer as its own unit: the layer classes are the language model's.
         self._no_split_modules = list(getattr(lm, "_no_split_modules", None) or [])
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Shapes: ``(B, L)`` in; logits ``(B, L, V)`` and values ``(B, L)`` (float32) out."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, logits_to_keep: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """Shapes: ``(B, L)`` in; logits ``(B, K, V)`` for the last ``K = logits_to_keep`` positions (all ``L`` when
+        0: PPO needs only the response's, and the LM head is a large share of a small model's compute) and values
+        ``(B, L)`` (float32) out."""
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=True,
             use_cache=False,
+            **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         hidden = out.hidden_states[-1]
         values = self.value_head(hidden.float()).squeeze(-1)
@@ -61,9 +66,10 @@ def response_logprobs(
     """Log-probs of the response tokens (those after ``prompt_width``) and the per-token entropy, ``(B, T)`` each.
 
     The logits are divided by the sampling temperature, so these are the log-probs of the distribution the tokens
-    were actually drawn from.
+    were actually drawn from. ``logits`` may cover only the last ``K`` positions (``logits_to_keep``), ``K > T``.
     """
-    response_logits = logits[:, prompt_width - 1 : -1]
+    skipped = input_ids.shape[1] - logits.shape[1]
+    response_logits = logits[:, prompt_width - 1 - skipped : -1]
     labels = input_ids[:, prompt_width:]
     return (
         logprobs_from_logits(response_logits, labels, temperature),

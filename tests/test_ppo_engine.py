@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rl_training import PPOLoraArguments
+from rlhf.distributed import all_finite
 from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine
 from rlhf.ppo_models import PolicyWithValue, RewardScorer, position_ids_from_mask, response_logprobs
 from rlhf.prompt_format import PromptFormat
@@ -287,6 +288,53 @@ def test_rollout_cuts_after_first_eos_and_penalises_missing_eos(engine_factory, 
     last = ro.response_mask.long().sum(1) - 1
     rows = torch.arange(len(last))
     torch.testing.assert_close(ro.rewards[rows, last] + engine.kl_ctl.value * ro.kl[rows, last], ro.scores)
+
+
+def test_ignore_eos_keeps_every_response_at_full_length(engine_factory, tokenizer, fmt):
+    """--ignore_eos (fixed-length rollouts, used by the benchmarks): EOS is sampled like any token, nothing is cut."""
+    engine = engine_factory(response_length=24, ignore_eos=True)
+    handle = eos_bias_hook(engine, 4.0)  # p(EOS) ~ 15% per token: most rows sample it somewhere mid-response
+    try:
+        ro = engine.rollout(prompts(tokenizer, fmt))
+    finally:
+        handle.remove()
+    responses = ro.input_ids[:, ro.prompt_width :]
+    assert responses.shape[1] == 24 and ro.response_mask.all()
+    eos = tokenizer.eos_token_id
+    mid = [(row[:-1] == eos).any().item() for row in responses]
+    assert any(mid), "the fixed seed should sample EOS before the last position"
+    assert ro.attention_mask[:, ro.prompt_width :].bool().all()
+    for i in range(len(responses)):
+        if mid[i]:  # the sampled tokens after an EOS are kept, attended to, and carry log-probs
+            first = (responses[i] == eos).nonzero().flatten()[0]
+            assert (responses[i][first + 1 :] != tokenizer.pad_token_id).any()
+            assert (ro.logprobs[i, first + 1 :] < 0).all()
+            assert ro.responses[i].index(tokenizer.eos_token) < len(ro.responses[i]) - len(tokenizer.eos_token)
+
+
+def test_all_finite_finds_one_bad_value_among_many_tensors():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    grads = [torch.randn(7, 5), torch.randn(3), torch.randn(2, 2, 2)]
+    assert all_finite(accelerator, grads) and all_finite(accelerator, [])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][2] = bad
+        assert not all_finite(accelerator, broken)
+
+
+def test_response_logprobs_from_response_logits_only_match_the_full_logits():
+    """The engine asks the LM head for the response positions only (logits_to_keep = T + 1); same log-probs."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (3, 11), generator=g)
+    logits = torch.randn(3, 11, 50, generator=g)
+    width = 6  # prompt of 6, response of 5: the last 6 positions' logits predict the 5 response tokens
+    full_lp, full_ent = response_logprobs(logits, ids, width, temperature=0.7)
+    kept_lp, kept_ent = response_logprobs(logits[:, -(11 - width + 1) :], ids, width, temperature=0.7)
+    assert full_lp.shape == (3, 5)
+    torch.testing.assert_close(kept_lp, full_lp, rtol=0, atol=0)
+    torch.testing.assert_close(kept_ent, full_ent, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,111 @@
+"""The pure logic of bench/: the line fit and R², the super-linear flag, the FLOP counts, and token counting."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from bench.common import (
+    SMOLLM2_135M,
+    linear_fit,
+    lora_training_flops_per_token,
+    ppo_phases,
+    quadratic_share,
+    ratio_summary,
+    training_flops_per_token,
+)
+from bench.efficiency import matmul_params
+from bench.timed_train import batch_counts
+
+
+def test_linear_fit_recovers_an_exact_line_with_r2_one():
+    xs = [4.0, 8.0, 12.0, 16.0]
+    fit = linear_fit(xs, [0.5 + 0.25 * x for x in xs])
+    assert fit.slope == pytest.approx(0.25)
+    assert fit.intercept == pytest.approx(0.5)
+    assert fit.r2 == pytest.approx(1.0)
+
+
+def test_linear_fit_matches_numpy_on_noisy_points():
+    rng = random.Random(0)
+    xs = [float(x) for x in range(1, 9)]
+    ys = [2.0 * x + rng.gauss(0, 1.5) for x in xs]
+    fit = linear_fit(xs, ys)
+    slope, intercept = torch.linalg.lstsq(
+        torch.tensor([[x, 1.0] for x in xs], dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)[:, None]
+    ).solution.flatten()
+    assert fit.slope == pytest.approx(float(slope))
+    assert fit.intercept == pytest.approx(float(intercept))
+    predicted = [fit.intercept + fit.slope * x for x in xs]
+    mean = sum(ys) / len(ys)
+    r2 = 1 - sum((y - p) ** 2 for y, p in zip(ys, predicted, strict=True)) / sum((y - mean) ** 2 for y in ys)
+    assert fit.r2 == pytest.approx(r2)
+    assert 0.5 < fit.r2 < 1.0  # noisy: a good line, not a perfect one
+
+
+def test_linear_fit_on_a_parabola_falls_below_the_target_and_is_flagged_super_linear():
+    xs = [16.0, 32.0, 48.0, 64.0, 128.0]
+    quadratic = [0.01 * x * x for x in xs]
+    assert linear_fit(xs, quadratic).r2 < 0.98
+    assert quadratic_share(xs, quadratic) == pytest.approx(1.0)
+    linear = [1.0 + 0.1 * x for x in xs]
+    assert abs(quadratic_share(xs, linear)) < 1e-9
+
+
+def test_linear_fit_rejects_degenerate_input():
+    with pytest.raises(ValueError):
+        linear_fit([1.0], [2.0])
+    with pytest.raises(ValueError):
+        linear_fit([3.0, 3.0], [1.0, 2.0])
+
+
+def test_flop_counts_for_the_smollm2_shaped_model():
+    config = {**SMOLLM2_135M, "vocab_size": 49152}
+    # SmolLM2-135M: 30 blocks of q/o 576x576, k/v 576x192, MLP 3 x 576x1536, plus the tied LM head 576x49152.
+    block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert matmul_params(config, reward=False) == 30 * block + 576 * 49152
+    assert matmul_params(config, reward=True) == 30 * block + 576  # a 1-unit score head, no LM head
+    n = matmul_params(config, reward=False)
+    assert math.isclose(n / 1e6, 134.5, rel_tol=0.01)  # the published size (its embedding is the tied head)
+    full = training_flops_per_token(n, 30, 576, 256)
+    assert full == 6 * n + 12 * 30 * 576 * 256
+    lora = lora_training_flops_per_token(n, 30, 576, 256)
+    assert full - lora == 2 * n  # no weight gradients for frozen weights
+
+
+def test_batch_counts_reads_masks_and_pad_ids():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    padded = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask, "labels": torch.zeros(2, 4)}
+    assert batch_counts(padded, pad_token_id=0) == {"positions": 8, "pads": 3, "width": 4}
+    # A padding-free (packed) batch has no mask: pads are the pad id.
+    packed = {"input_ids": torch.tensor([[5, 6, 7, 9, 9]]), "position_ids": torch.tensor([[0, 1, 2, 0, 1]])}
+    assert batch_counts(packed, pad_token_id=9) == {"positions": 5, "pads": 2, "width": 5}
+    # A reward batch: chosen and rejected both count.
+    pair = {
+        "chosen_input_ids": torch.ones(2, 3, dtype=torch.long),
+        "chosen_attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]]),
+        "rejected_input_ids": torch.ones(2, 5, dtype=torch.long),
+        "rejected_attention_mask": torch.ones(2, 5, dtype=torch.long),
+    }
+    assert batch_counts(pair, pad_token_id=0) == {"positions": 16, "pads": 2, "width": 5}
+
+
+def test_ppo_phases_skip_the_warm_up_step_and_account_for_the_rest():
+    rows = [
+        {"time/ppo/total": 9.0, "time/ppo/generate": 5.0, "time/ppo/update": 4.0},  # warm-up: ignored
+        {"time/ppo/total": 3.0, "time/ppo/generate": 1.0, "time/ppo/update": 1.5},
+        {"time/ppo/total": 3.2, "time/ppo/generate": 1.2, "time/ppo/update": 1.7},
+        {"time/ppo/total": 3.1, "time/ppo/generate": 1.1, "time/ppo/update": 1.6},
+    ]
+    got = ppo_phases(rows)
+    assert got["total"] == pytest.approx(3.1)
+    assert got["generate"] == pytest.approx(1.1)
+    assert got["reference"] == 0.0
+    assert got["other"] == pytest.approx(3.1 - 1.1 - 1.6)
+
+
+def test_ratio_summary():
+    assert ratio_summary([1.4, 1.6, 1.5]) == {"median": 1.5, "min": 1.4, "max": 1.6, "n": 3}
