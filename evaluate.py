@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 
 from rlhf.cli import HubArguments, UsageError, parse_dataclasses, run_main, setup_logging
 from rlhf.data import DataArguments, encode_text, load_pairs
-from rlhf.evaluation import policy_summary, response_logprobs_under, sample, sequence_kl, win_rate
+from rlhf.evaluation import merge_samples, policy_summary, response_logprobs_under, sample, sequence_kl, win_rate
 from rlhf.models import check_causal_lm_folder, check_reward_folder, load_tokenizer
 from rlhf.ppo_models import RewardScorer
 from rlhf.prompt_format import PromptFormat, resolve_prompt_format
@@ -147,12 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
         result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
         for name in ("sft", "ppo"):
-            merged_batch = {
-                "response_mask": torch.cat([b["response_mask"] for b in batches[name]]),
-                "has_eos": torch.cat([b["has_eos"] for b in batches[name]]),
-            }
             result.setdefault(name, {})
-            summary = policy_summary(merged_batch, scores[judge][name])
+            summary = policy_summary(merge_samples(batches[name]), scores[judge][name])
             result[name][f"reward_mean_{judge}"] = summary.pop("reward_mean")
             result[name].update(summary)
         # The reward model's own held-out ranking quality, on pairs in its own prompt format.

@@ -104,6 +104,14 @@ def response_logprobs_under(lm: Any, batch: dict[str, Any], temperature: float =
     return logprobs_from_logits(logits[:, width - 1 : -1], ids[:, width:], temperature).cpu()
 
 
+def merge_samples(batches: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """One ``response_mask``/``has_eos`` for several generation batches. Generation stops once every row of a batch
+    has ended, so batches come back with different response widths: masks are right-padded with zeros."""
+    width = max(b["response_mask"].shape[1] for b in batches)
+    masks = [torch.nn.functional.pad(b["response_mask"], (0, width - b["response_mask"].shape[1])) for b in batches]
+    return {"response_mask": torch.cat(masks), "has_eos": torch.cat([b["has_eos"] for b in batches])}
+
+
 def policy_summary(batch: dict[str, Any], scores: Tensor) -> dict[str, float]:
     """Mean score, mean response length (tokens) and EOS rate of one policy's samples."""
     return {

@@ -45,6 +45,19 @@ def test_policy_summary_reports_length_and_eos_rate():
     assert summary == {"reward_mean": 3.0, "length_mean": 2.25, "eos_rate": 0.75}
 
 
+def test_samples_of_batches_with_different_response_widths_merge():
+    """Generation stops when a whole batch has ended: a 48-prompt evaluation in batches of 16 came back 39 and 40
+    tokens wide and could not be concatenated."""
+    from rlhf.evaluation import merge_samples
+
+    a = {"response_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]), "has_eos": torch.tensor([True, True])}
+    b = {"response_mask": torch.tensor([[1, 1, 1, 1]]), "has_eos": torch.tensor([False])}
+    merged = merge_samples([a, b])
+    assert merged["response_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    summary = policy_summary(merged, torch.tensor([0.0, 1.0, 2.0]))
+    assert summary["length_mean"] == pytest.approx(7 / 3) and summary["eos_rate"] == pytest.approx(2 / 3)
+
+
 def test_left_pad_puts_tokens_on_the_right():
     ids, mask = left_pad([[5, 6], [7]], pad_token_id=0)
     assert ids.tolist() == [[5, 6], [0, 7]]
@@ -81,6 +94,8 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
         "4",
         "--max_new_tokens",
         "6",
+        "--batch_size",
+        "3",  # two generation batches, merged
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "evaluation.json").read_text())
