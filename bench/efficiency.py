@@ -3,8 +3,8 @@
     python -m bench.efficiency [--steps 2] [--bf16_steps 1]
 
 Each run is the real script (bench/timed_train.py only counts and timestamps its steps) for a few optimizer steps at
-sequence length ~256, fp32 and bf16 (bf16 at 64 tokens and timed over one whole step: it is emulated here and several
-times slower). Steady-state tokens/s (the first step is warm-up) becomes achieved FLOP/s with
+sequence length ~256, fp32 and bf16 (bf16 SFT rows 128 tokens wide, each bf16 run timed over one whole step: it is
+emulated here and several times slower). Steady-state tokens/s (the first step is warm-up) becomes achieved FLOP/s with
 the model-FLOPs count of ``bench.common.training_flops_per_token`` (6 N + attention; 4 N + attention with LoRA, where
 no weight gradients are computed; activation recomputation is not counted), divided by this CPU's matmul FLOP/s in
 the same dtype, measured right before each run. Padding waste is the fraction of processed positions that are padding.
