@@ -243,7 +243,12 @@ def ppo_optimizer(accelerator: Any, params: list[nn.Parameter], lr: float, adafa
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    # foreach: one multi-tensor update instead of a Python loop over parameters (not torch's default on CPU).
+    # fused: one kernel per parameter for the whole Adam update. On a CPU it is about 4x faster than foreach's chain
+    # of multi-tensor ops (0.13 s against 0.6 s per step of a 135M model, one thread: a third of a PPO minibatch's
+    # time), the same math as the Trainer stages' default adamw_torch_fused. Kept to plain CPU/CUDA runs; sharded
+    # optimizers (FSDP, ZeRO) and other devices keep foreach, the multi-tensor update they were verified with.
+    if not shards_optimizer(accelerator) and accelerator.device.type in ("cpu", "cuda"):
+        return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 

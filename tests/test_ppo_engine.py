@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rl_training import PPOLoraArguments
-from rlhf.distributed import all_finite
+from rlhf.distributed import all_finite, ppo_optimizer
 from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine
 from rlhf.ppo_models import PolicyWithValue, RewardScorer, position_ids_from_mask, response_logprobs
 from rlhf.prompt_format import PromptFormat
@@ -322,6 +322,28 @@ def test_all_finite_finds_one_bad_value_among_many_tensors():
         broken = [g.clone() for g in grads]
         broken[1][2] = bad
         assert not all_finite(accelerator, broken)
+
+
+def test_ppo_optimizer_on_a_cpu_is_fused_adam_and_steps_like_the_multi_tensor_adam():
+    """Fused Adam (several times faster on a CPU) takes the same steps as the foreach Adam it replaced."""
+    from accelerate import Accelerator
+
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(6, 4, generator=g), torch.randn(5, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in start] for _ in range(3)]
+    fused = [torch.nn.Parameter(t.clone()) for t in start]
+    plain = [torch.nn.Parameter(t.clone()) for t in start]
+    optimizer = ppo_optimizer(Accelerator(cpu=True), fused, lr=1e-2, adafactor=False)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
+    reference = torch.optim.Adam(plain, lr=1e-2, foreach=True)
+    for step in grads:
+        for params, opt in ((fused, optimizer), (plain, reference)):
+            for p, grad in zip(params, step, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+    for a, b, s in zip(fused, plain, start, strict=True):
+        assert not torch.equal(a, s)  # it moved
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_response_logprobs_from_response_logits_only_match_the_full_logits():
