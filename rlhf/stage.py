@@ -367,6 +367,7 @@ class TrainingGuard(TrainerCallback):
         self._saving: int | None = None  # a checkpoint save is due or under way for this step
         self._evaluating = False
         self._previous_handler: Any = None
+        self._step_norm: Any = None  # the gradient norm the Trainer took this step (see train)
 
     # -------------------------------------------------------------- signal handling
     def __enter__(self) -> TrainingGuard:
@@ -385,9 +386,12 @@ class TrainingGuard(TrainerCallback):
     # -------------------------------------------------------------- Trainer events
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         bad = False
+        norm, self._step_norm = self._step_norm, None
         if model is not None and not args.fp16:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            bad = bool(grads) and not bool(torch.isfinite(_total_norm(grads)))
+            if grads and norm is None:  # the Trainer took no norm we can read (e.g. a sharded one): take ours
+                norm = _total_norm(grads)
+            bad = bool(grads) and not bool(torch.isfinite(norm))
         bad, self._agreed_signal = _agree(args, bad, self._signal)
         if bad:
             for param in model.parameters():
@@ -445,6 +449,7 @@ class TrainingGuard(TrainerCallback):
         output_dir = trainer.args.output_dir
         if resume_from_checkpoint:
             logger.info("resuming from %s", resume_from_checkpoint)
+        self._reuse_step_norm(trainer.accelerator)
         try:
             result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         except Exception as err:
@@ -454,6 +459,8 @@ class TrainingGuard(TrainerCallback):
                 f"saving {output_dir}/checkpoint-{self._saving} failed ({_first_line(err)}); it is incomplete and "
                 f"will not be resumed from. {self._resume_hint(output_dir)}; free space first"
             ) from err
+        finally:
+            vars(trainer.accelerator).pop("clip_grad_norm_", None)  # the accelerator's own method again
         if self.stopped_at is not None:
             raise RunError(
                 f"training stopped at step {self.stopped_at}: non-finite loss, gradients or weights (NaN/inf); "
@@ -472,6 +479,21 @@ class TrainingGuard(TrainerCallback):
                 "%d steps with a non-finite loss were skipped: %s", len(self.nonfinite_steps), self.nonfinite_steps
             )
         return result
+
+    def _reuse_step_norm(self, accelerator: Any) -> None:
+        """Keep the global gradient norm the Trainer takes before every optimizer step (to clip, or with clipping
+        off to log it; both through ``accelerator.clip_grad_norm_``), so that the non-finite check does not read
+        every gradient a second time: that pass was 3-4% of a bf16 step of a 135M model on one CPU thread. A NaN/inf
+        gradient makes that norm NaN/inf exactly as it makes our own. Only a plain tensor is kept (a sharded
+        DTensor norm, or none at all, means the check takes its own). Undone when ``train`` returns."""
+        clip = accelerator.clip_grad_norm_
+
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+            norm = clip(*args, **kwargs)
+            self._step_norm = norm if type(norm) is torch.Tensor else None
+            return norm
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
 
     @staticmethod
     def _resume_hint(output_dir: str) -> str:

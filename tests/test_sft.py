@@ -175,6 +175,19 @@ def test_full_fine_tune_with_a_tokenizer_without_pad_or_chat_template(tiny_plain
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
 
 
+def test_the_nonfinite_check_reuses_the_trainers_gradient_norm(tiny_dir, data_file, tmp_path, monkeypatch):
+    """The NaN/inf guard reads the global gradient norm the Trainer took for this step (clipping), instead of a
+    second pass over every gradient; after training the accelerator's own method is back."""
+    import rlhf.stage
+
+    own_passes = []
+    monkeypatch.setattr(rlhf.stage, "_total_norm", lambda grads: own_passes.append(1) or torch.tensor(float("nan")))
+    trainer = run_capturing(quick_args(tiny_dir, data_file, tmp_path / "out", "--max_grad_norm", "1.0"))
+    assert own_passes == []  # a pass of its own would have returned NaN and stopped the run
+    assert trainer.state.global_step == 2
+    assert "clip_grad_norm_" not in vars(trainer.accelerator)
+
+
 def test_finished_run_is_not_overwritten_without_the_flag(lora_run, tiny_dir, data_file):
     out, _ = lora_run
     sft = importlib.import_module("sft")
