@@ -1,4 +1,5 @@
-"""The pure logic of bench/: the line fit and R², the super-linear flag, the FLOP counts, and token counting."""
+"""The pure logic of bench/: the line fit and R², the super-linear flag, the FLOP counts, token counting, and the
+plain-step accounting (positions per step, steady rates, the shape a stage's plain step copies, PPO update tokens)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from bench.common import (
     ratio_summary,
     training_flops_per_token,
 )
-from bench.efficiency import matmul_params
+from bench.efficiency import bf16_speedup_estimate, matmul_params, plain_rates, ppo_update_rate, steady_rate
+from bench.plain_step import plain_step_positions
+from bench.timed_ppo import ppo_update_positions
 from bench.timed_train import batch_counts
 
 
@@ -79,10 +82,10 @@ def test_flop_counts_for_the_smollm2_shaped_model():
 def test_batch_counts_reads_masks_and_pad_ids():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     padded = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask, "labels": torch.zeros(2, 4)}
-    assert batch_counts(padded, pad_token_id=0) == {"positions": 8, "pads": 3, "width": 4}
+    assert batch_counts(padded, pad_token_id=0) == {"positions": 8, "pads": 3, "width": 4, "rows": 2}
     # A padding-free (packed) batch has no mask: pads are the pad id.
     packed = {"input_ids": torch.tensor([[5, 6, 7, 9, 9]]), "position_ids": torch.tensor([[0, 1, 2, 0, 1]])}
-    assert batch_counts(packed, pad_token_id=9) == {"positions": 5, "pads": 2, "width": 5}
+    assert batch_counts(packed, pad_token_id=9) == {"positions": 5, "pads": 2, "width": 5, "rows": 1}
     # A reward batch: chosen and rejected both count.
     pair = {
         "chosen_input_ids": torch.ones(2, 3, dtype=torch.long),
@@ -90,7 +93,7 @@ def test_batch_counts_reads_masks_and_pad_ids():
         "rejected_input_ids": torch.ones(2, 5, dtype=torch.long),
         "rejected_attention_mask": torch.ones(2, 5, dtype=torch.long),
     }
-    assert batch_counts(pair, pad_token_id=0) == {"positions": 16, "pads": 2, "width": 5}
+    assert batch_counts(pair, pad_token_id=0) == {"positions": 16, "pads": 2, "width": 5, "rows": 4}
 
 
 def test_ppo_phases_skip_the_warm_up_step_and_account_for_the_rest():
@@ -109,3 +112,121 @@ def test_ppo_phases_skip_the_warm_up_step_and_account_for_the_rest():
 
 def test_ratio_summary():
     assert ratio_summary([1.4, 1.6, 1.5]) == {"median": 1.5, "min": 1.4, "max": 1.6, "n": 3}
+
+
+def test_steady_rate_leaves_out_the_warm_up_step():
+    record = {
+        "steps": [
+            {"positions": 100, "pads": 0, "width": 100},  # warm-up: neither its positions nor its time count
+            {"positions": 90, "pads": 9, "width": 45},
+            {"positions": 110, "pads": 11, "width": 55},
+        ],
+        "step_starts": [0.0, 10.0, 12.0],
+        "step_ends": [10.0, 12.0, 14.0],
+    }
+    got = steady_rate(record)
+    assert got["tokens_per_s"] == pytest.approx(200 / 4.0)
+    assert got["pad_fraction"] == pytest.approx(0.1)
+    assert got["mean_width"] == pytest.approx(50.0)
+    assert got["steps_measured"] == 2
+    with pytest.raises(ValueError):  # one step would time the warm-up
+        steady_rate({"steps": record["steps"][:1], "step_starts": [0.0], "step_ends": [10.0]})
+
+
+def test_steady_rate_leaves_the_interleaved_plain_steps_out_of_the_stage_time():
+    # step 0 ends at 10, plain steps run until 13; step 1 ends at 15 (2 s of stage), plain until 18; step 2 ends at 21.
+    record = {
+        "steps": [{"positions": 100, "pads": 0, "width": 100}] * 3,
+        "step_starts": [0.0, 13.0, 18.0],
+        "step_ends": [10.0, 15.0, 21.0],
+        "step_resumes": [13.0, 18.0, 21.0],
+    }
+    got = steady_rate(record)
+    assert got["seconds"] == pytest.approx(2.0 + 3.0)
+    assert got["tokens_per_s"] == pytest.approx(200 / 5.0)
+
+
+def test_plain_step_positions_and_rates():
+    assert plain_step_positions("causal", 1, 256) == 256
+    assert plain_step_positions("reward", 4, 60) == 240
+    assert plain_step_positions("ppo", 2, 75) == 150
+    with pytest.raises(ValueError):
+        plain_step_positions("reward", 3, 60)  # chosen and rejected come in pairs
+    with pytest.raises(ValueError):
+        plain_step_positions("dpo", 2, 10)
+    plain = {
+        "fp32": [{"positions": 256, "seconds": 2.0}, {"positions": 200, "seconds": 2.0}],
+        "bf16": [{"positions": 256, "seconds": 1.0}, {"positions": 200, "seconds": 1.0}],
+    }
+    assert plain_rates(plain) == {"fp32": pytest.approx(456 / 4.0), "bf16": pytest.approx(456 / 2.0)}
+
+
+def test_bf16_speedup_estimate_from_shares_and_the_plain_ratio():
+    # The plain step runs 2x faster in bf16 in both processes; the stage keeps 90% of it in fp32, 60% in bf16:
+    # the stage's own bf16 speed-up is 2 x 0.6 / 0.9.
+    fp32 = {"share": 0.9, "plain_bf16_over_fp32": 2.0}
+    bf16 = {"share": 0.6, "plain_bf16_over_fp32": 2.0}
+    assert bf16_speedup_estimate(fp32, bf16) == pytest.approx(2.0 * 0.6 / 0.9)
+    # Plain ratios that differ between the runs are averaged geometrically (neither run is preferred).
+    assert bf16_speedup_estimate({**fp32, "plain_bf16_over_fp32": 1.0}, {**bf16, "plain_bf16_over_fp32": 4.0}) == (
+        pytest.approx(2.0 * 0.6 / 0.9)
+    )
+
+
+def test_ppo_update_tokens_come_from_rows_width_epochs_and_the_engine_timer():
+    assert ppo_update_positions(8, 72, 4) == 8 * 72 * 4
+    with pytest.raises(ValueError):
+        ppo_update_positions(8, 0, 4)
+    metrics = [
+        {"time/ppo/update": 30.0, "time/ppo/total": 40.0, "ppo/early_stopped": 0.0},  # warm-up step
+        {"time/ppo/update": 8.0, "time/ppo/total": 15.0, "ppo/early_stopped": 0.0},
+        {"time/ppo/update": 10.0, "time/ppo/total": 17.0, "ppo/early_stopped": 0.0},
+    ]
+    updates = [{"rows": 8, "width": w, "epochs": 2, "pads": p} for w, p in ((70, 50), (80, 64), (72, 48))]
+    got = ppo_update_rate(metrics, updates)
+    assert got["positions"] == 8 * 80 * 2 + 8 * 72 * 2
+    assert got["tokens_per_s"] == pytest.approx(got["positions"] / 18.0)
+    assert got["pad_fraction"] == pytest.approx((64 + 48) * 2 / got["positions"])
+    assert got["mean_width"] == pytest.approx(76.0)
+    assert got["step_s"] == pytest.approx(16.0)
+    stopped = [*metrics[:2], {**metrics[2], "ppo/early_stopped": 1.0}]
+    with pytest.raises(ValueError, match="early"):  # an early stop trains fewer positions than rows x width x epochs
+        ppo_update_rate(stopped, updates)
+
+
+def test_precision_section_defaults_a_stage_to_bf16_only_where_every_measurement_says_faster():
+    from bench.report import precision_section
+
+    def r(median):
+        return {"median": median, "min": median - 0.1, "max": median + 0.1, "n": 2}
+
+    def both(median):
+        return {"interleaved": r(median), "raw": r(median + 0.05)}
+
+    eff = {
+        "bf16_over_fp32": {
+            "sft": both(1.5),
+            "sft lora": both(1.3),
+            "rm": both(1.4),
+            "rm lora": both(0.9),
+            "ppo update": both(1.2),
+        },
+        "sampling": {
+            "config": {"rows": 8, "new_tokens": 32},
+            "fp32_over_bf16_time": {"generate": r(1.8), "total": r(0.8)},
+        },
+    }
+    text = precision_section(eff, "avx2, avx512f, avx512_bf16, amx_bf16")
+    assert "`sft`: bf16, `rm`: fp32, `ppo`: bf16, `evaluate`: fp32" in text
+    assert "CPU with native bf16" in text
+    assert "CPU without native bf16" in precision_section(eff, "avx2")
+
+
+def test_step_shares_pair_each_measured_step_with_the_plain_steps_after_it():
+    from bench.efficiency import step_shares
+
+    # Three stage steps (the first is warm-up, unmeasured), two plain steps after each, same shape as the step.
+    plain = [{"positions": 100, "seconds": s} for s in (9.0, 9.0, 1.0, 1.0, 2.0, 2.0)]
+    assert step_shares([2.0, 2.0], [100, 100], plain) == [pytest.approx(0.5), pytest.approx(1.0)]
+    with pytest.raises(ValueError):
+        step_shares([2.0, 2.0], [100, 100], plain[:5])
