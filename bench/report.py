@@ -276,7 +276,9 @@ optimizer step each; seconds from the engine's `time/ppo/update`, tokens = rows 
 full fine-tune unless marked LoRA (each script's default LoRA settings). fp32, and bf16 = `--bf16 True` (for PPO
 `ACCELERATE_MIXED_PRECISION=bf16`): bf16 autocast over float32 master weights (the LoRA reward model keeps its
 default bf16 frozen base). Both dtypes are measured the same way: {eff["steps"]} optimizer steps per run (PPO:
-{ppo["steps"]} PPO steps), steady state = everything after the first.
+{ppo["steps"]} PPO steps), steady state = everything after the first. (Before issue #12 the bf16 rows were 128 tokens
+wide, or one pair per batch, and timed over their first step, warm-up included: on a host with native bf16 that made
+bf16 look slower than fp32.)
 
 **Plain step** (`bench/plain_step.py`): the same model, precision, rows and row width, random tokens, a bare
 forward + backward + fused AdamW, no Trainer, no engine (for PPO: the LM head on the response positions and a value
