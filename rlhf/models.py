@@ -149,7 +149,21 @@ def _check_architecture(path: str, what: str, want: str) -> None:
 
 
 def upcast_trainable(model: Any) -> None:
-    """Keep parameters that receive gradients in float32 (the frozen base may stay in bf16/fp16)."""
-    for param in model.parameters():
-        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-            param.data = param.data.float()
+    """Keep parameters that receive gradients in float32 (the frozen base may stay in bf16/fp16).
+
+    A module whose own weights were upcast gets its floating inputs in float32 too: without autocast (a run in fp32
+    mixed precision "no", optimum-habana's trainer on a CPU, FSDP without mixed precision) a bf16 hidden state
+    would meet a float32 score head and the matmul would refuse the mix. Under autocast the op is cast as usual.
+    """
+    for module in model.modules():
+        upcast = False
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                param.data = param.data.float()
+                upcast = True
+        if upcast:
+            module.register_forward_pre_hook(_float32_inputs)
+
+
+def _float32_inputs(module: Any, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
