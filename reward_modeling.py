@@ -28,8 +28,8 @@ from transformers import HfArgumentParser, set_seed
 from rlhf.backend import (
     BackendArguments,
     adopt_mpi_environment,
-    bf16_is_fast,
     build_reward_trainer,
+    default_bf16,
     select_backend,
 )
 from rlhf.checkpoint import resolve_resume, start_output
@@ -66,12 +66,12 @@ logger = logging.getLogger("reward_modeling")
 class ScriptArguments:
     model_name_or_path: str = field(metadata={"help": "Model to turn into a reward model (base or SFT folder)."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
-    torch_dtype: str = field(
-        default="bfloat16" if bf16_is_fast() else "float32",
+    torch_dtype: str | None = field(
+        default=None,
         metadata={
-            "help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default bfloat16 like the "
-            "reference where bf16 is native, float32 on CPUs that would emulate it. Trainable parameters "
-            "(LoRA, score head) are kept in float32."
+            "help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default: bfloat16 like the "
+            "reference when training in bf16 mixed precision (the frozen base is computed in bf16 anyway), "
+            "float32 otherwise. Trainable parameters (LoRA, score head) are kept in float32."
         },
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
@@ -88,10 +88,11 @@ class RewardArguments(trainer_config_base("reward")):
     output_dir: str = field(default="out/rm", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
     bf16: bool | None = field(
-        default=bf16_is_fast(),
+        default=None,
         metadata={
-            "help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
-            "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."
+            "help": "bf16 mixed precision (autocast). Default: on where bf16 is native (recent GPUs, Gaudi, CPUs "
+            "with AVX512-BF16/AMX) and measured faster for this stage, off where it would be emulated (README, "
+            "Precision; RLHF_NATIVE_BF16=0|1 overrides the detection)."
         },
     )
     max_length: int | None = field(
@@ -101,6 +102,11 @@ class RewardArguments(trainer_config_base("reward")):
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory (slower)."}
     )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:  # decided when the flags are parsed (not at import), so the environment counts
+            self.bf16 = default_bf16("rm") and not self.fp16
+        super().__post_init__()
 
 
 @dataclass
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
     guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
-    dtype = resolve_dtype(script.torch_dtype)
+    dtype = resolve_dtype(script.torch_dtype or ("bfloat16" if train_args.bf16 else "float32"))
 
     # ------------------------------------------------------------------ data
     split = load_pairs(data_args, hub.token)

@@ -24,8 +24,8 @@ from transformers import HfArgumentParser, set_seed
 from rlhf.backend import (
     BackendArguments,
     adopt_mpi_environment,
-    bf16_is_fast,
     build_sft_trainer,
+    default_bf16,
     select_backend,
 )
 from rlhf.checkpoint import resolve_resume, start_output
@@ -86,16 +86,22 @@ class SFTArguments(trainer_config_base("sft")):
     output_dir: str = field(default="out/sft", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
     bf16: bool | None = field(
-        default=bf16_is_fast(),
+        default=None,
         metadata={
-            "help": "bf16 mixed precision. Default: on where bf16 is native (recent GPUs, CPUs with "
-            "AVX512-BF16/AMX), off where it would be emulated and slower than fp32."
+            "help": "bf16 mixed precision (autocast; weights and optimizer state stay float32). Default: on where "
+            "bf16 is native (recent GPUs, Gaudi, CPUs with AVX512-BF16/AMX) and measured faster for this stage, "
+            "off where it would be emulated (README, Precision; RLHF_NATIVE_BF16=0|1 overrides the detection)."
         },
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     max_length: int | None = field(
         default=1024, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
     )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:  # decided when the flags are parsed (not at import), so the environment counts
+            self.bf16 = default_bf16("sft") and not self.fp16
+        super().__post_init__()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,16 +231,16 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
             f"packing, {100 * packed['pad_fraction']:.1f}% with `--dataset_concatenation` (packing)."
         )
     if "sft-fp32-packed" in by and "sft-bf16-packed" in by:
-        speedup = 1.0  # the default CPU run here IS the fp32 run (bf16_is_fast() is False)
-        from rlhf.backend import bf16_is_fast
+        speedup = 1.0  # the default CPU run here IS the fp32 run (native_bf16() is False)
+        from rlhf.backend import native_bf16
 
-        if bf16_is_fast():
+        if native_bf16():
             speedup = by["sft-bf16-packed"]["tokens_per_s"] / by["sft-fp32-packed"]["tokens_per_s"]
         summary.append(
             [
                 "default CPU SFT run vs fp32 tokens/s",
                 f">= {TARGET_DEFAULT_SPEEDUP}x",
-                f"{speedup:.2f}x (default dtype here: {'bf16' if bf16_is_fast() else 'fp32'})",
+                f"{speedup:.2f}x (default dtype here: {'bf16' if native_bf16() else 'fp32'})",
                 yes(speedup >= TARGET_DEFAULT_SPEEDUP),
             ]
         )
@@ -274,7 +274,7 @@ start and again right before each run, whose share uses its own measurement):
 
 bf16 on this CPU: it has no AVX512-BF16 or AMX, so torch emulates bf16 matmuls and they run far below fp32 (table
 above). The premise that bf16 is about 3.5x faster than fp32 does not hold on this machine; this is why the project
-trains in fp32 by default on CPUs without native bf16 (`rlhf.backend.bf16_is_fast`), and why the "default run >= 2x
+trains in fp32 by default on CPUs without native bf16 (`rlhf.backend.native_bf16`), and why the "default run >= 2x
 fp32" target cannot be met here: the default run is the fp32 run.
 """
 
