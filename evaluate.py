@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from rlhf.backend import Backend, PrecisionArguments, autocast
 from rlhf.cli import HubArguments, UsageError, parse_dataclasses, run_main, setup_logging
 from rlhf.data import DataArguments, encode_text, load_pairs
 from rlhf.evaluation import merge_samples, policy_summary, response_logprobs_under, sample, sequence_kl, win_rate
@@ -80,27 +81,31 @@ def _load_scorer(name: str, token: str | None) -> RewardScorer:
     return RewardScorer(model.eval(), tokenizer, fmt)
 
 
-def _generate_all(lm, tokenizer, prompts, args: EvalArguments) -> list[dict]:
+def _generate_all(lm, tokenizer, prompts, args: EvalArguments, mixed_precision: str) -> list[dict]:
     torch.manual_seed(args.seed)
-    return [
-        sample(
-            lm,
-            tokenizer,
-            [p["prompt_ids"] for p in prompts[i : i + args.batch_size]],
-            args.max_new_tokens,
-            args.temperature,
-            args.greedy,
-        )
-        for i in range(0, len(prompts), args.batch_size)
-    ]
+    with autocast(mixed_precision, lm.device.type):
+        return [
+            sample(
+                lm,
+                tokenizer,
+                [p["prompt_ids"] for p in prompts[i : i + args.batch_size]],
+                args.max_new_tokens,
+                args.temperature,
+                args.greedy,
+            )
+            for i in range(0, len(prompts), args.batch_size)
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
-    parser = HfArgumentParser((EvalArguments, EvalDataArguments, HubArguments))
-    args, data_args, hub = parse_dataclasses(parser, argv)
+    parser = HfArgumentParser((EvalArguments, EvalDataArguments, HubArguments, PrecisionArguments))
+    args, data_args, hub, precision = parse_dataclasses(parser, argv)
     setup_logging("info")
     protect_secrets(hub)
+    # Sampling, log-probs and reward scores all run in this one precision context (bf16 autocast or fp32).
+    mixed_precision = precision.mixed_precision("evaluate", Backend("cuda" if torch.cuda.is_available() else "cpu"))
+    logger.info("precision: %s mixed precision", mixed_precision)
     if min(args.num_prompts, args.num_pairs, args.batch_size, args.max_new_tokens) < 1:
         raise UsageError("--num_prompts, --num_pairs, --batch_size and --max_new_tokens must be positive")
 
@@ -119,20 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ generate with both policies
     sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
     batches = {
-        "sft": _generate_all(sft_lm, tokenizer, prompts, args),
-        "ppo": _generate_all(ppo_lm, tokenizer, prompts, args),
+        "sft": _generate_all(sft_lm, tokenizer, prompts, args, mixed_precision),
+        "ppo": _generate_all(ppo_lm, tokenizer, prompts, args, mixed_precision),
     }
     texts = {k: [t for b in v for t in b["texts"]] for k, v in batches.items()}
-    kl = torch.cat(
-        [
-            sequence_kl(
-                response_logprobs_under(ppo_lm, b, args.temperature),
-                response_logprobs_under(sft_lm, b, args.temperature),
-                b["response_mask"],
-            )
-            for b in batches["ppo"]
-        ]
-    )
+    with autocast(mixed_precision, ppo_lm.device.type):
+        kl = torch.cat(
+            [
+                sequence_kl(
+                    response_logprobs_under(ppo_lm, b, args.temperature),
+                    response_logprobs_under(sft_lm, b, args.temperature),
+                    b["response_mask"],
+                )
+                for b in batches["ppo"]
+            ]
+        )
 
     # ------------------------------------------------------------------ score under each reward model
     judges = {"rm": args.reward_model}
@@ -144,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, dict[str, torch.Tensor]] = {}
     for judge, folder in judges.items():
         scorer = _load_scorer(folder, hub.token)
-        scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
+        with autocast(mixed_precision, scorer.model.device.type):
+            scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
         result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
         for name in ("sft", "ppo"):
             result.setdefault(name, {})
@@ -156,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.chosen)) for p in pairs]
         rejected = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.rejected)) for p in pairs]
         pad = scorer.tokenizer.pad_token_id
-        rc, rr = score_sequences(scorer.model, chosen, pad), score_sequences(scorer.model, rejected, pad)
+        with autocast(mixed_precision, scorer.model.device.type):
+            rc, rr = score_sequences(scorer.model, chosen, pad), score_sequences(scorer.model, rejected, pad)
         result[f"{judge}_heldout"] = preference_metrics(rc, rr)
         margins[judge] = (rc - rr).tolist()
 

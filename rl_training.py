@@ -33,6 +33,7 @@ from transformers import HfArgumentParser
 
 from rlhf.backend import (
     BackendArguments,
+    PrecisionArguments,
     adopt_mpi_environment,
     build_accelerator,
     device_runtime,
@@ -55,6 +56,7 @@ from rlhf.distributed import (
     configure_deepspeed_for_ppo,
     deepspeed_stage,
     frozen_model_loading,
+    frozen_weights_dtype,
     ppo_optimizer,
 )
 from rlhf.models import (
@@ -98,7 +100,14 @@ class ScriptArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
     peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
-    torch_dtype: str = field(default="float32", metadata={"help": "Policy/reference/reward weights dtype."})
+    torch_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Dtype the policy, reference and reward weights are stored in. float32 (default) keeps master "
+            "weights and optimizer state in fp32 under --bf16 mixed precision; bfloat16 stores the weights "
+            "themselves in bf16 (half the memory, updates rounded to bf16)."
+        },
+    )
     batched_gen: bool = field(
         default=True, metadata={"help": "Accepted for the reference command line: generation is always batched."}
     )
@@ -140,9 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
     adopt_mpi_environment()
     parser = HfArgumentParser(
-        (ScriptArguments, PPOConfig, PPOLoraArguments, DataArguments, HubArguments, BackendArguments)
+        (
+            ScriptArguments,
+            PPOConfig,
+            PPOLoraArguments,
+            DataArguments,
+            HubArguments,
+            BackendArguments,
+            PrecisionArguments,
+        )
     )
-    script, cfg, lora_args, data_args, hub, backend_args = parse_dataclasses(parser, argv)
+    script, cfg, lora_args, data_args, hub, backend_args, precision = parse_dataclasses(parser, argv)
     setup_logging("debug" if script.debug else "info")
     protect_secrets(hub)
     if not script.model_name or not script.reward_model_name:
@@ -155,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
     parse_bool(script.batched_gen, "batched_gen")
     backend = select_backend(backend_args)
+    mixed_precision = precision.mixed_precision("ppo", backend)  # flags, else accelerate's config, else the default
     dtype = resolve_dtype(script.torch_dtype)
     compute_dtype = dtype if isinstance(dtype, torch.dtype) else None
     quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit, compute_dtype)
@@ -166,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.static_shapes = True
     accelerator = build_accelerator(  # accelerate's Accelerator; GaudiAccelerator on the Gaudi stack
         backend,
+        mixed_precision=mixed_precision,
         log_with=None if script.log_with in (None, "none") else script.log_with,
         project_dir=script.output_dir,
     )
@@ -173,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validate(accelerator.num_processes)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    logger.info("precision: %s mixed precision, weights in %s", accelerator.mixed_precision, script.torch_dtype)
+    frozen_dtype = frozen_weights_dtype(accelerator, dtype)  # DeepSpeed/FSDP compute in low-precision weights
     check_causal_lm_folder(script.model_name, "model_name")
     check_reward_folder(script.reward_model_name, "reward_model_name")
     output_dir = Path(script.output_dir)
@@ -225,12 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     elif deepspeed_stage(accelerator) == 3:  # the policy was partitioned while loading: load the reference whole
         with frozen_model_loading(accelerator):
             ref_model = AutoModelForCausalLM.from_pretrained(
-                script.model_name, token=hub.token, trust_remote_code=script.trust_remote_code, **dtype_kwarg(dtype)
+                script.model_name,
+                token=hub.token,
+                trust_remote_code=script.trust_remote_code,
+                **dtype_kwarg(frozen_dtype),
             )
         fit_embeddings(ref_model, tokenizer)
         ref_model = ref_model.eval().requires_grad_(False).to(accelerator.device)
     else:
         ref_model = copy.deepcopy(lm).eval().requires_grad_(False).to(accelerator.device)
+        if isinstance(frozen_dtype, torch.dtype):
+            ref_model = ref_model.to(frozen_dtype)
     policy = PolicyWithValue(lm)
 
     rm_tokenizer, _ = load_tokenizer(script.reward_model_name, hub.token, trust_remote_code=script.trust_remote_code)
@@ -248,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             num_labels=1,
             token=hub.token,
             trust_remote_code=script.trust_remote_code,
-            **dtype_kwarg(dtype),
+            **dtype_kwarg(frozen_dtype if quantization is None else dtype),
             **quantized,
         )
     reward_model.config.pad_token_id = rm_tokenizer.pad_token_id

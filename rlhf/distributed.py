@@ -190,6 +190,18 @@ def generation_kwargs(accelerator: Any) -> dict[str, Any]:
     return {"synced_gpus": True} if shards_parameters(accelerator) and accelerator.num_processes > 1 else {}
 
 
+def frozen_weights_dtype(accelerator: Any, dtype: Any) -> Any:
+    """The dtype for models that are only run next to the policy (a frozen reference copy, the reward model).
+
+    DeepSpeed and FSDP mixed precision compute the policy with its *parameters* in bf16/fp16, not under autocast
+    alone; frozen models stored in float32 would compute differently (norms, residual sums) and the KL to a frozen
+    reference would not start at 0. They take the same low-precision weights there; elsewhere ``dtype`` stands.
+    """
+    if deepspeed_stage(accelerator) is None and not is_fsdp(accelerator):
+        return dtype
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, dtype)
+
+
 def frozen_model_loading(accelerator: Any) -> Any:
     """Context for loading models that are only run, never trained (reward model, frozen reference) under ZeRO-3.
 
@@ -215,7 +227,7 @@ def without_zero3_init():
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-def configure_deepspeed_for_ppo(accelerator: Any, mini_batch_size: int, max_grad_norm: float | None) -> None:
+def configure_deepspeed_for_ppo(accelerator: Any, mini_batch_size: int, max_grad_norm: float) -> None:
     """Fill the DeepSpeed settings that accelerate cannot infer without a data loader.
 
     The PPO loop runs its own gradient accumulation (it marks the accumulation boundary through
@@ -227,7 +239,7 @@ def configure_deepspeed_for_ppo(accelerator: Any, mini_batch_size: int, max_grad
     config["train_micro_batch_size_per_gpu"] = mini_batch_size
     config["gradient_accumulation_steps"] = 1
     config["train_batch_size"] = mini_batch_size * accelerator.num_processes
-    config["gradient_clipping"] = 0.0 if max_grad_norm is None else max_grad_norm
+    config["gradient_clipping"] = max_grad_norm  # 0: off, as for the PPO loop itself
 
 
 def ppo_optimizer(accelerator: Any, params: list[nn.Parameter], lr: float, adafactor: bool) -> torch.optim.Optimizer:

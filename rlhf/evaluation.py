@@ -101,7 +101,7 @@ def response_logprobs_under(lm: Any, batch: dict[str, Any], temperature: float =
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     logits = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
     width = batch["prompt_width"]
-    return logprobs_from_logits(logits[:, width - 1 : -1], ids[:, width:], temperature).cpu()
+    return logprobs_from_logits(logits[:, width - 1 : -1].float(), ids[:, width:], temperature).cpu()
 
 
 def merge_samples(batches: list[dict[str, Any]]) -> dict[str, Tensor]:

@@ -58,6 +58,16 @@ class PPOConfig:
         default=4, metadata={"help": "Minibatches whose gradients are summed before one optimizer step."}
     )
     ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={
+            "help": "Learning-rate schedule over the run's PPO steps: linear (default, as TRL's PPO: decays to 0 at "
+            "the last step), cosine (to 0) or constant; after the warmup. Saved in checkpoints and restored on resume.",
+            "choices": ["linear", "cosine", "constant"],
+        },
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "PPO steps of linear warmup from 0 (wins over the ratio)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of the run's PPO steps."})
     steps: int = field(
         default=20000,
         metadata={
@@ -75,7 +85,13 @@ class PPOConfig:
     cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip range."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip the gradient norm (off by default)."})
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata={
+            "help": "Clip the global gradient norm to this before every optimizer step (1.0, as TRL's trainers); 0 "
+            "turns clipping off. Without it one large step can end a run (ratio blow-up, policy collapse)."
+        },
+    )
     ratio_threshold: float = field(
         default=10.0, metadata={"help": "Skip a minibatch whose mean probability ratio exceeds this (loss spikes)."}
     )
@@ -160,10 +176,20 @@ class PPOConfig:
                 f"[{MIN_RESPONSE_LENGTH}, output_max_length), so it must be > {MIN_RESPONSE_LENGTH} (or set "
                 "--response_length)"
             )
+        if self.lr_scheduler_type not in ("linear", "cosine", "constant"):
+            raise ValueError(
+                f"--lr_scheduler_type: expected linear, cosine or constant, got {self.lr_scheduler_type!r}"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup_steps: expected 0 or more, got {self.warmup_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio: expected a value in [0, 1), got {self.warmup_ratio}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"--kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
         if self.temperature <= 0:
             raise ValueError(f"--temperature: expected > 0, got {self.temperature}")
+        if not self.max_grad_norm >= 0:  # NaN fails too
+            raise ValueError(f"--max_grad_norm: expected >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         for name in ("learning_rate", "cliprange", "cliprange_value", "target_kl", "kl_target", "kl_horizon"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
@@ -177,6 +203,15 @@ class PPOConfig:
 
     def num_steps(self, world_size: int) -> int:
         return math.ceil(self.steps / (self.batch_size * world_size))
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, world_size: int) -> Any:
+        """The schedule of ``--lr_scheduler_type`` over this run, stepped once per PPO step."""
+        from transformers import get_scheduler
+
+        total = self.num_steps(world_size)
+        warmup = self.warmup_steps or math.ceil(self.warmup_ratio * total)
+        name = "constant_with_warmup" if self.lr_scheduler_type == "constant" else self.lr_scheduler_type
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 class PromptSampler:
@@ -254,6 +289,7 @@ class PPOEngine:
         self.config, self.accelerator, self.policy, self.optimizer = config, accelerator, policy, optimizer
         self.runtime = runtime or DeviceRuntime()  # Gaudi: lazy-mode mark_step, HPU graphs (rlhf.gaudi)
         self.tokenizer, self.scorer, self.ref_model = tokenizer, scorer, ref_model
+        self.lr_scheduler = config.lr_scheduler(optimizer, accelerator.num_processes)
         self.reward_stats = reward_stats
         if config.adap_kl_ctrl:
             self.kl_ctl: Any = AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
@@ -319,7 +355,9 @@ class PPOEngine:
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         saved, base.generation_config = base.generation_config, gen_config
         try:
-            with full_parameters(self.accelerator, self.policy):  # sharded policy (FSDP/ZeRO-3): rlhf.distributed
+            # Sharded policy (FSDP/ZeRO-3): rlhf.distributed. Mixed precision: sampling runs in the same autocast as
+            # every other forward, so the tokens come from the distribution the log-probs describe.
+            with full_parameters(self.accelerator, self.policy), self.accelerator.autocast():
                 out = lm.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,
@@ -344,11 +382,11 @@ class PPOEngine:
         logprobs, values, entropy = [], [], []
         for part in self._chunks(input_ids.shape[0]):
             self.forward_calls["policy"] += 1
-            with self.runtime.graphs(self.unwrapped):
+            with self.runtime.graphs(self.unwrapped), self.accelerator.autocast():
                 logits, vals = self.policy(
                     input_ids[part], attention_mask[part], position_ids[part], input_ids.shape[1] - width + 1
                 )
-            lp, ent = response_logprobs(logits, input_ids[part], width, self.config.temperature)
+            lp, ent = response_logprobs(logits.float(), input_ids[part], width, self.config.temperature)
             logprobs.append(lp)
             values.append(vals[:, width - 1 : -1])
             entropy.append(ent)
@@ -362,7 +400,7 @@ class PPOEngine:
             self.forward_calls["reference"] += 1
             if self.ref_model is None:
                 lm = self.unwrapped.lm
-                with full_parameters(self.accelerator, self.policy), adapter_disabled(lm):
+                with full_parameters(self.accelerator, self.policy), adapter_disabled(lm), self.accelerator.autocast():
                     logits = lm(
                         input_ids=input_ids[part],
                         attention_mask=attention_mask[part],
@@ -371,7 +409,8 @@ class PPOEngine:
                         logits_to_keep=input_ids.shape[1] - width + 1,
                     ).logits
             else:
-                with self.runtime.graphs(self.ref_model):  # not with the adapter off: a graph ignores that switch
+                # Not with the adapter off: a graph ignores that switch.
+                with self.runtime.graphs(self.ref_model), self.accelerator.autocast():
                     logits = self.ref_model(
                         input_ids=input_ids[part],
                         attention_mask=attention_mask[part],
@@ -379,7 +418,8 @@ class PPOEngine:
                         use_cache=False,
                         logits_to_keep=input_ids.shape[1] - width + 1,
                     ).logits
-            out.append(response_logprobs(logits, input_ids[part], width, self.config.temperature)[0])
+            # float32 logits on every path: the policy's come converted by accelerate, the reference's do not.
+            out.append(response_logprobs(logits.float(), input_ids[part], width, self.config.temperature)[0])
         return torch.cat(out)
 
     def rollout(self, batch: list[dict[str, Any]]) -> Rollout:
@@ -417,7 +457,7 @@ class PPOEngine:
         raw_scores = []
         for part in self._chunks(len(batch)):  # the reward model is a no-grad rollout forward too
             self.forward_calls["reward"] += 1
-            with self.runtime.graphs(getattr(self.scorer, "model", None)):  # any scorer with a .model
+            with self.runtime.graphs(getattr(self.scorer, "model", None)), self.accelerator.autocast():
                 raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
         raw_scores = torch.cat(raw_scores).to(logprobs.device)
         self._timed("score", start)
@@ -473,10 +513,13 @@ class PPOEngine:
                 for m_start in range(b_start, b_start + backward_size, cfg.mini_batch_size):
                     idx = order[m_start : m_start + cfg.mini_batch_size]
                     mask = ro.response_mask[idx]
-                    logits, values = self.policy(
-                        ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], keep_logits
+                    with self.accelerator.autocast():  # the rollout's precision context (prepare() adds it too)
+                        logits, values = self.policy(
+                            ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], keep_logits
+                        )
+                    logprobs, entropy = response_logprobs(
+                        logits.float(), ro.input_ids[idx], ro.prompt_width, cfg.temperature
                     )
-                    logprobs, entropy = response_logprobs(logits, ro.input_ids[idx], ro.prompt_width, cfg.temperature)
                     values = values[:, ro.prompt_width - 1 : -1]
                     if self.first_minibatch_max_abs_logratio is None:
                         diff = (logprobs - ro.logprobs[idx]).detach().abs()
@@ -531,15 +574,21 @@ class PPOEngine:
         return out
 
     def _clip_and_step(self) -> None:
-        if self.config.max_grad_norm is not None:
+        if self.config.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
-        # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
-        # every rank decides the same).
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if all_finite(self.accelerator, grads):  # sharded gradients: every rank checks its shard, all agree
+        if getattr(self.accelerator, "scaler", None) is not None:
+            # fp16: the loss scaler skips a step with inf/NaN gradients itself and lowers its scale; skipping the
+            # step here instead would keep the scale from ever adapting.
             self.optimizer.step()
+            self.nonfinite_updates_skipped += int(bool(getattr(self.optimizer, "step_was_skipped", False)))
         else:
-            self.nonfinite_updates_skipped += 1
+            # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
+            # every rank decides the same).
+            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+            if all_finite(self.accelerator, grads):  # sharded gradients: every rank checks its shard, all agree
+                self.optimizer.step()
+            else:
+                self.nonfinite_updates_skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.runtime.mark_step()
 
@@ -568,7 +617,8 @@ class PPOEngine:
         # Every rank feeds the same all-reduced KL, so the coefficient stays identical across processes.
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
         stats["objective/kl_coef"] = kl_coef
-        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]  # the rate this step's update used
+        self.lr_scheduler.step()
         return stats, ro
 
     def _reduce_stats(self, local: dict[str, float]) -> dict[str, float]:
@@ -584,12 +634,14 @@ class PPOEngine:
             "kl_ctl": self.kl_ctl.state_dict(),
             "length_generator": self.length_generator.get_state(),
             "shuffle_generator": self.shuffle_generator.get_state(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.length_generator.set_state(state["length_generator"])
         self.shuffle_generator.set_state(state["shuffle_generator"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
 
 def rollout_stats(ro: Rollout, kl_coef: float) -> dict[str, float]:

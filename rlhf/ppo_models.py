@@ -51,7 +51,10 @@ class PolicyWithValue(nn.Module):
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         hidden = out.hidden_states[-1]
-        values = self.value_head(hidden.float()).squeeze(-1)
+        # The value head runs in float32 even under autocast: values feed GAE, and bf16's 8 bits of mantissa would
+        # quantise them to ~0.4%.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            values = self.value_head(hidden.float()).squeeze(-1)
         return out.logits, values
 
 

@@ -64,8 +64,10 @@ def test_left_pad_puts_tokens_on_the_right():
     assert mask.tolist() == [[1, 1], [0, 1]]
 
 
-def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
-    """End to end on a tiny policy compared with itself: every number is defined and self-consistent."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
+    """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast: every number is defined
+    and self-consistent (sampling, log-probs and scores share one precision context)."""
     from transformers import AutoModelForSequenceClassification
 
     from tiny import ORCA_ROWS, write_rows
@@ -96,8 +98,11 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
         "6",
         "--batch_size",
         "3",  # two generation batches, merged
+        "--bf16",
+        str(bf16),
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"precision: {'bf16' if bf16 else 'no'} mixed precision" in result.stderr
     report = json.loads((out / "evaluation.json").read_text())
     assert report["prompts"] == 4
     # Same weights and the same sampling seed: identical responses, so every comparison is a tie and KL is 0.

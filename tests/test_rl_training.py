@@ -266,16 +266,39 @@ def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path):
+# ``python -c PAUSED script args...``: the script, each PPO step followed by a one-second pause. On a fast machine the
+# tiny runs take a fraction of a second per step; a signal meant for "after step N" must not find the run finished.
+PAUSED = """
+import runpy, sys, time
+import rlhf.ppo_engine
+step = rlhf.ppo_engine.PPOEngine.step
+def paused(self, batch):
+    out = step(self, batch)
+    time.sleep(1.0)
+    return out
+rlhf.ppo_engine.PPOEngine.step = paused
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path, bf16):
     """4 steps straight == 2 steps, SIGKILL once step_2 is complete, then resume 'latest' for the rest: same final
-    trainable weights (bit for bit) and the same logged metrics (time/* aside). Half-written folders planted before
-    the resume (a complete-looking .tmp-step_4-*, a step_3 without its marker) must not be taken for the latest
-    checkpoint. Same for SIGTERM after the first step: the run checkpoints the step it is in and exits 143."""
+    trainable weights (bit for bit) and the same logged metrics (time/* aside), in fp32 and in bf16 mixed precision.
+    Half-written folders planted before the resume (a complete-looking .tmp-step_4-*, a step_3 without its marker)
+    must not be taken for the latest checkpoint. Same for SIGTERM after the first step: the run checkpoints the step
+    it is in and exits 143."""
     straight, killed, termed = tmp_path / "straight", tmp_path / "killed", tmp_path / "termed"
     script = str(ROOT / "rl_training.py")
-    args = {"steps": 32, "save_freq": 2, "response_length": 12}
+    args = {"steps": 32, "save_freq": 2, "response_length": 12, "bf16": bf16}
     runs = (straight, killed, termed)
-    procs = {out: popen([script, *base_args(tiny_dir, rm_dir, rows, out, **args)]) for out in runs}
+    procs = {
+        out: popen(
+            [*(["-c", PAUSED] if out != straight else []), script, *base_args(tiny_dir, rm_dir, rows, out, **args)]
+        )
+        for out in runs
+    }
     wait_for(termed / "metrics.jsonl", procs[termed], "first step")
     procs[termed].send_signal(signal.SIGTERM)
     wait_for(killed / "step_2" / COMPLETE_MARKER, procs[killed], "step_2 checkpoint")
@@ -374,9 +397,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(flags: list[str]) -> subprocess.Popen:
+def torchrun(flags: list[str], env: dict | None = None) -> subprocess.Popen:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    return popen([*launcher, "--master_port", str(free_port()), str(ROOT / "rl_training.py"), *flags, "--debug"])
+    argv = [*launcher, "--master_port", str(free_port()), str(ROOT / "rl_training.py"), *flags, "--debug"]
+    return popen(argv, env)
 
 
 def kl_coefs_per_rank(stderr: str) -> dict[int, dict[int, str]]:
@@ -390,10 +414,14 @@ def kl_coefs_per_rank(stderr: str) -> dict[int, dict[int, str]]:
     return coefs
 
 
-def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path, mixed_precision):
     """torchrun --nproc_per_node 2 (gloo): both ranks finish, agree on the KL coefficient at every step (each
     logs its own under --debug), and only rank 0 writes metrics and checkpoints. Resuming step_2 on 2 processes
-    (each rank gets its own random state back) reproduces step 3 exactly."""
+    (each rank gets its own random state back) reproduces step 3 exactly. The precision comes from accelerate's
+    environment (ACCELERATE_MIXED_PRECISION, what ``accelerate launch`` with a config sets): under bf16 autocast the
+    KL to the reference is still exactly 0 before the first update, because every forward shares that context."""
+    env = {"ACCELERATE_MIXED_PRECISION": mixed_precision}
     out, resumed = tmp_path / "out", tmp_path / "resumed"
     # 4 prompts per rank x 2 ranks = 8 per step; 24 prompts -> 3 steps. A small --kl_target makes the adaptive
     # coefficient move every step.
@@ -405,9 +433,10 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
         "save_freq": 2,
         "kl_target": 0.01,
     }
-    proc = torchrun(base_args(tiny_dir, rm_dir, rows, out, **settings))
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, out, **settings), env)
     stdout, stderr = finish(proc, timeout=180)
     assert proc.returncode == 0, stderr[-4000:]
+    assert f"precision: {mixed_precision} mixed precision, weights in float32" in stderr
 
     coefs = kl_coefs_per_rank(stderr)
     assert sorted(coefs[0]) == [1, 2, 3], stderr[-4000:]
@@ -416,12 +445,15 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
 
     rows_logged = metrics(out)
     assert [r["step"] for r in rows_logged] == [1, 2, 3]  # one writer: no duplicated lines
+    assert abs(rows_logged[0]["objective/kl"]) < 1e-6
+    assert rows_logged[0]["policy/first_minibatch_max_abs_logratio"] < 1e-5  # ratio 1 before the first update
+    assert rows_logged[1]["objective/kl"] != 0  # it is 0 because nothing was updated yet, not by construction
     assert float(coefs[0][2]) == pytest.approx(rows_logged[2]["objective/kl_coef"], rel=1e-12)
     assert (out / "step_2" / COMPLETE_MARKER).is_file() and (out / "final" / COMPLETE_MARKER).is_file()
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
     assert len(torch.load(out / "final" / "rng.pt", weights_only=True)["ranks"]) == 2
 
-    proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"))
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"), env)
     stdout, stderr = finish(proc, timeout=180)
     assert proc.returncode == 0, stderr[-4000:]
     assert metrics(resumed) == metrics(out)[2:]
