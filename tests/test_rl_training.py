@@ -144,6 +144,11 @@ USAGE_CASES = {
     "tracker": (["--log_with", "bogus"], "--log_with"),
     "rm is a causal LM": (["--reward_model_name", "{tiny_dir}"], "ForSequenceClassification"),
     "habana": (["--use_habana"], "--use_habana"),
+    "fp16 on a cpu": (["--fp16", "True"], "--fp16: fp16 mixed precision needs a CUDA GPU"),
+    "both precisions": (["--fp16", "True", "--bf16", "True"], "--bf16 and --fp16 are exclusive"),
+    "negative grad norm": (["--max_grad_norm", "-1"], "--max_grad_norm"),
+    "scheduler": (["--lr_scheduler_type", "step"], "--lr_scheduler_type"),
+    "warmup ratio": (["--warmup_ratio", "1.5"], "--warmup_ratio"),
 }
 
 
