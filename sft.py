@@ -21,40 +21,29 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
 
-from rlhf.backend import (
-    BackendArguments,
-    adopt_mpi_environment,
-    build_sft_trainer,
-    default_bf16,
-    select_backend,
-)
-from rlhf.checkpoint import resolve_resume, start_output
-from rlhf.cli import (
-    EXIT_PREEMPTED,
-    HubArguments,
-    UsageError,
-    cpu_only,
-    drop_debug_switch,
-    parse_bool,
-    parse_dataclasses,
-    run_main,
-    setup_logging,
-)
-from rlhf.data import DataArguments, encode_split, load_pairs, sft_features
-from rlhf.distributed import check_quantized_launch
-from rlhf.gaudi import trainer_config_base
-from rlhf.models import LoraArguments, check_causal_lm_folder, load_tokenizer, resolve_dtype
-from rlhf.prompt_format import resolve_prompt_format
-from rlhf.stage import (
-    StageArguments,
-    TrainingGuard,
-    accept_legacy_training_flags,
+from rlhf.cli import cpu_only, drop_debug_switch, parse_bool, parse_dataclasses, setup_logging
+from rlhf.data.encoding import encode_split, sft_features
+from rlhf.data.pairs import DataArguments, load_pairs
+from rlhf.data.prompt_format import resolve_prompt_format
+from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
+from rlhf.models.arguments import LoraArguments
+from rlhf.models.loading import (
+    check_causal_lm_folder,
     check_lora_targets,
-    check_training_flags,
     load_causal_lm,
-    protect_secrets,
-    save_stage_output,
+    load_tokenizer,
+    resolve_dtype,
 )
+from rlhf.outputs.folders import start_output
+from rlhf.outputs.trainer_checkpoints import resolve_resume
+from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment, select_backend
+from rlhf.runtime.distributed import check_quantized_launch
+from rlhf.runtime.precision import default_bf16
+from rlhf.runtime.stack import build_sft_trainer, trainer_config_base
+from rlhf.secrets import HubArguments, protect_secrets
+from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
+from rlhf.stages.guard import TrainingGuard
+from rlhf.stages.saving import save_stage_output
 
 logger = logging.getLogger("sft")
 
@@ -81,7 +70,7 @@ class ScriptArguments:
 
 @dataclass
 class SFTArguments(trainer_config_base("sft")):
-    """TRL's SFTConfig (its flags on the Gaudi stack: rlhf.gaudi) with this project's defaults."""
+    """TRL's SFTConfig (its flags on the Gaudi stack: rlhf.runtime.gaudi) with this project's defaults."""
 
     output_dir: str = field(default="out/sft", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
     check_training_flags(train_args)
     check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
-    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stage
+    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stages.guard
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     train_args.packing = script.dataset_concatenation or train_args.packing
     if train_args.completion_only_loss is None:

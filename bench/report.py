@@ -232,7 +232,7 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
         )
     if "sft-fp32-packed" in by and "sft-bf16-packed" in by:
         speedup = 1.0  # the default CPU run here IS the fp32 run (native_bf16() is False)
-        from rlhf.backend import native_bf16
+        from rlhf.runtime.precision import native_bf16
 
         if native_bf16():
             speedup = by["sft-bf16-packed"]["tokens_per_s"] / by["sft-fp32-packed"]["tokens_per_s"]
@@ -274,8 +274,8 @@ start and again right before each run, whose share uses its own measurement):
 
 bf16 on this CPU: it has no AVX512-BF16 or AMX, so torch emulates bf16 matmuls and they run far below fp32 (table
 above). The premise that bf16 is about 3.5x faster than fp32 does not hold on this machine; this is why the project
-trains in fp32 by default on CPUs without native bf16 (`rlhf.backend.native_bf16`), and why the "default run >= 2x
-fp32" target cannot be met here: the default run is the fp32 run.
+trains in fp32 by default on CPUs without native bf16 (`rlhf.runtime.precision.native_bf16`), and why the
+"default run >= 2x fp32" target cannot be met here: the default run is the fp32 run.
 """
 
 

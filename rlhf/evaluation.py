@@ -8,8 +8,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhf.ppo_math import logprobs_from_logits, truncate_after_eos
-from rlhf.ppo_models import position_ids_from_mask
+from rlhf.ppo.math import logprobs_from_logits, truncate_after_eos
+from rlhf.ppo.models import position_ids_from_mask
+
+
+def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Strict accuracy (a tie is NOT a correct ranking), tie rate and margin statistics over pairs, shapes ``(n,)``.
+
+    The reference example counted ``r_chosen >= r_rejected`` as correct, which rewards a constant model.
+    """
+    if chosen.shape != rejected.shape or chosen.numel() == 0:
+        raise ValueError("chosen and rejected must be non-empty and of the same shape")
+    margin = chosen.float() - rejected.float()
+    return {
+        "accuracy": (margin > 0).float().mean().item(),
+        "tie_rate": (margin == 0).float().mean().item(),
+        "margin_mean": margin.mean().item(),
+        "margin_std": margin.std(unbiased=False).item(),
+        "pairs": int(margin.numel()),
+    }
 
 
 def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Data loading, validation and splitting (rlhf.data), in-process and without any model."""
+"""Data loading, validation and splitting (rlhf.data.pairs), in-process and without any model."""
 
 from __future__ import annotations
 
@@ -9,19 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, HfArgumentParser
 
-from rlhf.cli import UsageError
-from rlhf.data import (
-    DataArguments,
-    DropReport,
-    Pair,
-    encode_pairs,
-    encode_split,
-    load_pairs,
-    load_rows,
-    looks_local,
-    validate_and_split,
-)
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.data.encoding import encode_pairs, encode_split
+from rlhf.data.pairs import DataArguments, DropReport, Pair, load_pairs, load_rows, looks_local, validate_and_split
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError
 from tiny import ORCA_ROWS, write_rows
 
 NAN = float("nan")

@@ -86,7 +86,7 @@ def test_accelerate_config_file_loads(name):
 
 
 def fake_accelerator(config_file: str, processes: int = 4):
-    """What rlhf.distributed reads of an Accelerator (its distributed type, DeepSpeed plugin, process count): a
+    """What rlhf.runtime.distributed reads of an Accelerator (its distributed type, DeepSpeed plugin, process count): a
     real accelerate DeepSpeedPlugin on the real config file. A real DeepSpeed Accelerator needs GPUs."""
     from accelerate.utils import DeepSpeedPlugin, DistributedType
 
@@ -107,7 +107,7 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
     import torch
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from rlhf.distributed import configure_deepspeed_for_ppo, deepspeed_stage, ppo_optimizer
+    from rlhf.runtime.distributed import configure_deepspeed_for_ppo, deepspeed_stage, ppo_optimizer
 
     accelerator, plugin = fake_accelerator(name, processes=4)
     assert deepspeed_stage(accelerator) == DS_JSON[name][0]
@@ -132,8 +132,8 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
 
 
 def test_adafactor_with_a_config_that_brings_its_optimizer_is_refused():
-    from rlhf.cli import UsageError
-    from rlhf.distributed import ppo_optimizer
+    from rlhf.errors import UsageError
+    from rlhf.runtime.distributed import ppo_optimizer
 
     accelerator, _ = fake_accelerator("ds_zero3_offload.json")
     with pytest.raises(UsageError, match="--adafactor"):
@@ -145,7 +145,7 @@ def test_frozen_models_load_whole_under_zero3():
     model and a frozen reference are loaded with that lifted, as whole replicas."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from rlhf.distributed import frozen_model_loading
+    from rlhf.runtime.distributed import frozen_model_loading
 
     accelerator, plugin = fake_accelerator("ds_zero3.json")
     plugin.set_deepspeed_weakref()  # what the Accelerator does for ZeRO-3

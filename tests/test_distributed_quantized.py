@@ -8,8 +8,8 @@ import importlib.util
 import pytest
 
 from conftest import ROOT, run_script
-from rlhf.backend import Backend
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
+from rlhf.runtime.backend import Backend
 
 ZERO3 = str(ROOT / "configs" / "accelerate" / "ds_zero3.json")
 
@@ -52,7 +52,7 @@ def test_quantized_config_needs_cuda(backend):
 )
 def test_quantized_with_parameter_sharding_is_refused(environ, named):
     """The variables are those `accelerate launch` sets for the configs in configs/accelerate/."""
-    from rlhf.distributed import check_quantized_launch
+    from rlhf.runtime.distributed import check_quantized_launch
 
     with pytest.raises(UsageError, match=f"cannot be sharded with {named}"):
         check_quantized_launch(object(), environ)
@@ -66,7 +66,7 @@ def test_quantized_with_parameter_sharding_is_refused(environ, named):
     ],
 )
 def test_quantized_with_ddp_or_zero2_is_allowed(environ):
-    from rlhf.distributed import check_quantized_launch
+    from rlhf.runtime.distributed import check_quantized_launch
 
     check_quantized_launch(object(), environ)
     check_quantized_launch(None, {"ACCELERATE_USE_FSDP": "true"})  # nothing quantized: nothing to refuse

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import UsageError, run_main
-from rlhf.models import check_causal_lm_folder, check_reward_folder
+from rlhf.errors import UsageError, run_main
+from rlhf.models.loading import check_causal_lm_folder, check_reward_folder
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import build_tokenizer, write_rows
 
 ROWS = [

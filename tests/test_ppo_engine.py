@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from rl_training import PPOLoraArguments
-from rlhf.distributed import all_finite
-from rlhf.ppo_engine import MIN_RESPONSE_LENGTH, PPOConfig, PPOEngine
-from rlhf.ppo_models import PolicyWithValue, RewardScorer, position_ids_from_mask, response_logprobs
-from rlhf.prompt_format import PromptFormat
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.models.reward import RewardScorer
+from rlhf.ppo.config import MIN_RESPONSE_LENGTH, PPOConfig
+from rlhf.ppo.engine import PPOEngine
+from rlhf.ppo.models import PolicyWithValue, position_ids_from_mask, response_logprobs
+from rlhf.runtime.distributed import all_finite
 from tiny import ORCA_ROWS, build_llama, build_tokenizer
 
 # Log-probs/values of the same tokens computed in differently shaped batches (other rows, other padding) agree to
@@ -699,7 +701,7 @@ def test_a_nan_reward_stops_before_any_update(engine_factory, tokenizer, fmt, re
 
 
 def test_a_nan_loss_is_skipped_and_never_reaches_the_weights(engine_factory, tokenizer, fmt, monkeypatch):
-    import rlhf.ppo_engine as ppo_engine
+    import rlhf.ppo.engine as ppo_engine
 
     engine = engine_factory(lr=3e-3)
     real = ppo_engine.clipped_policy_loss
@@ -726,10 +728,10 @@ def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(
 ):
     import errno
 
-    import rlhf.ppo_checkpoint as ppo_checkpoint
-    from rlhf.checkpoint import is_complete
-    from rlhf.ppo_checkpoint import find_latest, save_checkpoint
-    from rlhf.ppo_engine import PromptSampler
+    import rlhf.ppo.checkpoint as ppo_checkpoint
+    from rlhf.outputs.folders import is_complete
+    from rlhf.ppo.checkpoint import find_latest, save_checkpoint
+    from rlhf.ppo.engine import PromptSampler
 
     engine = engine_factory()
     sampler = PromptSampler(8, 8, 1, 0, 0)

@@ -1,4 +1,4 @@
-"""Tests for rlhf.ppo_math against slow, loop-based reference implementations.
+"""Tests for rlhf.ppo.math against slow, loop-based reference implementations.
 
 Each vectorised function is compared to a plain-Python reference that walks
 batch and time one element at a time (in float64 via ``math``), on random
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo_math import (
+from rlhf.ppo.math import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from transformers import HfArgumentParser
 
-from rlhf.backend import STAGES, Backend, PrecisionArguments, default_bf16, native_bf16
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.precision import STAGES, PrecisionArguments, default_bf16, native_bf16
 
 CPU = Backend("cpu")
 

@@ -11,18 +11,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import free_port, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import run_main
-from rlhf.data import Pair, encode_pairs, reward_features
-from rlhf.prompt_format import PromptFormat
-from rlhf.reward import (
-    STATS_FILE,
-    load_reward_stats,
-    preference_metrics,
-    reward_stats,
-    save_reward_stats,
-    score_sequences,
-)
+from rlhf.data.encoding import encode_pairs, reward_features
+from rlhf.data.pairs import Pair
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.errors import run_main
+from rlhf.evaluation import preference_metrics
+from rlhf.models.reward import STATS_FILE, load_reward_stats, reward_stats, save_reward_stats, score_sequences
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import write_rows
 
 TOKEN = "hf_TESTtokenQ8zR3xV1k9mN"
@@ -91,8 +86,8 @@ def test_a_bf16_base_with_float32_trainable_weights_runs_without_autocast(tiny_d
     still gets float32 input: the forward and backward run, and the gradients are float32."""
     from transformers import AutoTokenizer
 
-    from rlhf.models import LoraArguments
-    from rlhf.stage import load_reward_model
+    from rlhf.models.arguments import LoraArguments
+    from rlhf.models.loading import load_reward_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     peft_config = LoraArguments().peft_config("SEQ_CLS", modules_to_save=["score"]) if peft else None

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.ppo_checkpoint import find_latest, resolve_checkpoint
-from rlhf.prompt_format import PromptFormat
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.outputs.folders import COMPLETE_MARKER
+from rlhf.ppo.checkpoint import find_latest, resolve_checkpoint
 from tiny import ORCA_ROWS, write_rows
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -176,7 +176,7 @@ def keep_logging():
 def test_usage_errors_are_one_line_exit_2(case, tiny_dir, rm_dir, rows, tmp_path, capsys, keep_logging):
     """In-process through the CLI entry point (run_main) to keep it fast; the next test runs one as a process."""
     import rl_training
-    from rlhf.cli import run_main
+    from rlhf.errors import run_main
 
     extra, expected = USAGE_CASES[case]
     extra = [arg.format(tiny_dir=tiny_dir) for arg in extra]
@@ -275,13 +275,13 @@ def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
 # tiny runs take a fraction of a second per step; a signal meant for "after step N" must not find the run finished.
 PAUSED = """
 import runpy, sys, time
-import rlhf.ppo_engine
-step = rlhf.ppo_engine.PPOEngine.step
+import rlhf.ppo.engine
+step = rlhf.ppo.engine.PPOEngine.step
 def paused(self, batch):
     out = step(self, batch)
     time.sleep(1.0)
     return out
-rlhf.ppo_engine.PPOEngine.step = paused
+rlhf.ppo.engine.PPOEngine.step = paused
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -387,7 +387,7 @@ def test_half_written_checkpoints_are_never_latest(tmp_path):
     assert find_latest(tmp_path) == tmp_path / "step_10"
     assert resolve_checkpoint("latest", tmp_path) == tmp_path / "step_10"
     assert resolve_checkpoint(None, tmp_path) is None
-    from rlhf.cli import UsageError
+    from rlhf.errors import UsageError
 
     with pytest.raises(UsageError, match="not a complete PPO checkpoint"):
         resolve_checkpoint(str(tmp_path / "step_16"), tmp_path)

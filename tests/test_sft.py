@@ -12,10 +12,11 @@ import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import free_port, run_forked, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import UsageError
-from rlhf.data import Pair, encode_pairs, sft_features
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.data.encoding import encode_pairs, sft_features
+from rlhf.data.pairs import Pair
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import ORCA_ROWS, write_rows
 
 ROWS = ORCA_ROWS + [
@@ -298,8 +299,8 @@ def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(
     """--lora_layers with all-linear: LoRA weights only in the listed decoder layers, and no gradient work below."""
     from peft import get_peft_model
 
-    from rlhf.models import LoraArguments, parse_layers
-    from rlhf.stage import check_lora_targets
+    from rlhf.models.arguments import LoraArguments, parse_layers
+    from rlhf.models.loading import check_lora_targets
 
     assert parse_layers("0, 3-5,4") == [0, 3, 4, 5]
     for bad in ("top-2", "5-3", "", "1,,2"):

@@ -1,4 +1,4 @@
-"""Scoring with a reward model and the metrics of a reward model on preference pairs."""
+"""Scoring with a reward model (token ids or text in its own prompt format) and its saved reward statistics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
+from rlhf.data.prompt_format import PromptFormat
 
 STATS_FILE = "reward_stats.json"
 
@@ -36,23 +39,6 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
-    """Strict accuracy (a tie is NOT a correct ranking), tie rate and margin statistics over pairs, shapes ``(n,)``.
-
-    The reference example counted ``r_chosen >= r_rejected`` as correct, which rewards a constant model.
-    """
-    if chosen.shape != rejected.shape or chosen.numel() == 0:
-        raise ValueError("chosen and rejected must be non-empty and of the same shape")
-    margin = chosen.float() - rejected.float()
-    return {
-        "accuracy": (margin > 0).float().mean().item(),
-        "tie_rate": (margin == 0).float().mean().item(),
-        "margin_mean": margin.mean().item(),
-        "margin_std": margin.std(unbiased=False).item(),
-        "pairs": int(margin.numel()),
-    }
-
-
 def reward_stats(scores: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation of rewards, used by PPO to normalise scores."""
     return {
@@ -69,3 +55,25 @@ def save_reward_stats(folder: str | Path, stats: dict[str, Any]) -> None:
 def load_reward_stats(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / STATS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class RewardScorer:
+    """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+
+    def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
+        from rlhf.data.encoding import encode_completion, encode_text
+
+        prompt = self.fmt.render_prompt(system, question, self.tokenizer)
+        return encode_text(self.tokenizer, prompt, self.fmt) + encode_completion(self.tokenizer, response_text)
+
+    @torch.no_grad()
+    def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
+        """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
+        ``responses`` end with the EOS text when the policy stopped."""
+        sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
+        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))

@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlhf.ppo_math import entropy_from_logits, logprobs_from_logits
-from rlhf.prompt_format import PromptFormat
-from rlhf.reward import score_sequences
+from rlhf.ppo.math import entropy_from_logits, logprobs_from_logits
 
 
 class PolicyWithValue(nn.Module):
@@ -84,25 +82,3 @@ def adapter_disabled(model: nn.Module) -> Any:
     """Context in which a PEFT model computes with its base weights only (the frozen reference policy)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if disable is not None else nullcontext()
-
-
-class RewardScorer:
-    """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.fmt = fmt
-
-    def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
-        from rlhf.data import encode_completion, encode_text
-
-        prompt = self.fmt.render_prompt(system, question, self.tokenizer)
-        return encode_text(self.tokenizer, prompt, self.fmt) + encode_completion(self.tokenizer, response_text)
-
-    @torch.no_grad()
-    def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
-        """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
-        ``responses`` end with the EOS text when the policy stopped."""
-        sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
-        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))

@@ -36,6 +36,7 @@ __all__ = [
     "truncate_after_eos",
 ]
 
+
 _KL_ESTIMATORS = ("k1", "k3")
 
 

@@ -17,38 +17,20 @@ Nothing here imports optimum-habana or habana_frameworks at module import: the C
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
+from rlhf.runtime.device import DeviceRuntime
 
-logger = logging.getLogger("rlhf.gaudi")
-
-# TRL releases that optimum-habana's trl integration builds on (it pins 0.9.6; TRL 1.x removed that API).
-LEGACY_TRL_MAJOR = 0
-
-
-def on_gaudi_stack() -> bool:
-    """True when the installed libraries are the optimum-habana stack (optimum-habana with TRL 0.x)."""
-    try:
-        trl_major = int(importlib.metadata.version("trl").split(".")[0])
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    if trl_major > LEGACY_TRL_MAJOR:
-        return False
-    try:
-        return importlib.util.find_spec("optimum.habana") is not None
-    except (ImportError, ValueError):
-        return False
+logger = logging.getLogger("rlhf.runtime.gaudi")
 
 
 def import_optimum_habana() -> Any:
@@ -56,7 +38,7 @@ def import_optimum_habana() -> Any:
     try:
         import optimum.habana as oh
     except (ImportError, IndexError, OSError) as err:  # IndexError: no habana-torch-plugin in `pip list`
-        from rlhf.backend import GAUDI_INSTALL_HINT
+        from rlhf.runtime.backend import GAUDI_INSTALL_HINT
 
         raise UsageError(
             f"optimum-habana is installed but cannot be imported ({type(err).__name__}: {err}); {GAUDI_INSTALL_HINT}"
@@ -64,13 +46,9 @@ def import_optimum_habana() -> Any:
     return oh
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Flags: TRL 1.x names on the transformers 4.55 stack
-
-
 @dataclass
 class _LegacyTrainingArguments(TrainingArguments):
-    """transformers 4.55's TrainingArguments less what the scripts define themselves (rlhf.stage.StageArguments)."""
+    """transformers 4.55's TrainingArguments less what the scripts define themselves (rlhf.stages.flags)."""
 
     overwrite_output_dir: bool = field(default=False, init=False)  # --overwrite_output_dir: StageArguments'
 
@@ -93,15 +71,6 @@ class LegacyRewardConfig(_LegacyTrainingArguments):
 
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
     max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
-
-
-def trainer_config_base(kind: str) -> type:
-    """The dataclass a script's training flags extend: TRL's SFTConfig/RewardConfig, or the legacy ones above."""
-    if on_gaudi_stack():
-        return {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
-    import trl
-
-    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
 
 
 # Our flags that optimum-habana rejects or that we set ourselves.
@@ -189,10 +158,6 @@ def prepare_hpu(lazy_mode: bool) -> None:
     adapt_transformers_to_gaudi()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data for the old trainers: same features as the CUDA path (rlhf.data), collated the way trl 0.9.6 needs
-
-
 def pack_features(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """``--dataset_concatenation`` / ``--packing``: whole examples, in order, into rows of at most ``max_length``.
 
@@ -258,10 +223,6 @@ def reward_pairs(features: list[dict[str, list[int]]]) -> list[dict[str, list[in
         }
         for f in features
     ]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Trainers
 
 
 def carry_gaudi_generation_config(model: Any) -> None:
@@ -369,23 +330,6 @@ def gaudi_accelerator(backend: Any, **kwargs: Any) -> Any:
     from optimum.habana.accelerate import GaudiAccelerator
 
     return GaudiAccelerator(cpu=not backend.is_gaudi, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The PPO engine's device hooks: lazy-mode graph breaks and HPU graphs for no-grad forwards
-
-
-class DeviceRuntime:
-    """What the PPO engine asks the device for. This base does nothing: CPU and CUDA need no hooks."""
-
-    generate_kwargs: dict[str, Any] = {}  # extra keyword arguments of ``generate`` (never mutated)
-
-    def mark_step(self) -> None:
-        """End of a lazy-mode graph (after backward, after the optimizer step, after a rollout forward)."""
-
-    def graphs(self, module: torch.nn.Module | None) -> Any:
-        """Context in which ``module``'s forward (no-grad) runs as a cached HPU graph (None: nothing to graph)."""
-        return nullcontext()
 
 
 class GaudiRuntime(DeviceRuntime):

@@ -1,6 +1,6 @@
 """Write ``<run>/report.md`` with PNG plots from a pipeline run's outputs (sft/, rm/, ppo/, eval/).
 
-    python -m rlhf.report --run out/demo
+    python -m rlhf.pipeline.report --run out/demo
 
 Every section is drawn from files the stages wrote; a missing stage is reported as missing, never invented.
 """
@@ -188,7 +188,7 @@ def build_report(run: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rlhf.pipeline.report", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="pipeline output folder (holding sft/, rm/, ppo/, eval/)")
     args = parser.parse_args(argv)
     run = Path(args.run)

@@ -25,7 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: the stage scripts live there
+
+
 STAGES = ("sft", "rm", "rm2", "ppo", "eval", "report")
 
 
@@ -108,7 +110,12 @@ def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
             ev,
             ev,
         ),
-        Stage("report", [python, "-m", "rlhf.report", "--run", str(out)], out / "never-skipped", out / "report.md"),
+        Stage(
+            "report",
+            [python, "-m", "rlhf.pipeline.report", "--run", str(out)],
+            out / "never-skipped",
+            out / "report.md",
+        ),
     ]
     return stages
 

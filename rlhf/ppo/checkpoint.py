@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf.checkpoint import COMPLETE_MARKER, atomic_folder, is_complete
-from rlhf.cli import UsageError
-from rlhf.distributed import full_state_dict, rebuild_from_state_dict, shards_optimizer, shards_parameters
-from rlhf.prompt_format import PromptFormat
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.errors import UsageError
+from rlhf.outputs.folders import COMPLETE_MARKER, atomic_folder, is_complete
+from rlhf.runtime.distributed import full_state_dict, rebuild_from_state_dict, shards_optimizer, shards_parameters
 
 SHARDED_STATE = "accelerate_state"  # FSDP/DeepSpeed: weights and optimizer shards, written by every process
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
 
-logger = logging.getLogger("rlhf.distributed")
+logger = logging.getLogger("rlhf.runtime.distributed")
 
 
 def deepspeed_stage(accelerator: Any) -> int | None:

@@ -1,0 +1,79 @@
+"""The one seam between the two library stacks: TRL 1.x + accelerate, or optimum-habana (Gaudi).
+
+Scripts and the PPO engine ask here for trainers, the accelerator and device hooks; only this module reaches
+``rlhf.runtime.gaudi``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+from rlhf.runtime.backend import Backend, BackendArguments
+from rlhf.runtime.gaudi import (
+    GaudiRuntime,
+    LegacyRewardConfig,
+    LegacySFTConfig,
+    gaudi_accelerator,
+    gaudi_reward_trainer,
+    gaudi_sft_trainer,
+)
+
+
+def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's SFTTrainer, or GaudiSFTTrainer on the Gaudi stack (rlhf.runtime.gaudi). ``kwargs``: SFTTrainer's names."""
+    if on_gaudi_stack():
+        return gaudi_sft_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.SFTTrainer(**kwargs)
+
+
+def build_reward_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.runtime.gaudi); ``kwargs``: its names."""
+    if on_gaudi_stack():
+        return gaudi_reward_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.RewardTrainer(**kwargs)
+
+
+def build_accelerator(backend: Backend, **kwargs: Any) -> Any:
+    """accelerate's Accelerator, or GaudiAccelerator on the Gaudi stack."""
+    if on_gaudi_stack():
+        return gaudi_accelerator(backend, **kwargs)
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=backend.name == "cpu", **kwargs)
+
+
+def device_runtime(backend: Backend) -> Any:
+    """The PPO engine's device hooks: lazy-mode mark_step and HPU graphs on Gaudi, nothing elsewhere."""
+    return GaudiRuntime.for_backend(backend)
+
+
+# TRL releases that optimum-habana's trl integration builds on (it pins 0.9.6; TRL 1.x removed that API).
+LEGACY_TRL_MAJOR = 0
+
+
+def on_gaudi_stack() -> bool:
+    """True when the installed libraries are the optimum-habana stack (optimum-habana with TRL 0.x)."""
+    try:
+        trl_major = int(importlib.metadata.version("trl").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if trl_major > LEGACY_TRL_MAJOR:
+        return False
+    try:
+        return importlib.util.find_spec("optimum.habana") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def trainer_config_base(kind: str) -> type:
+    """The dataclass a script's training flags extend: TRL's SFTConfig/RewardConfig, or the legacy ones above."""
+    if on_gaudi_stack():
+        return {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
+    import trl
+
+    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
