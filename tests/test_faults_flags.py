@@ -270,6 +270,18 @@ def test_ppo_reward_model_folder_checks(tiny_dir, folders):
     check_causal_lm_folder(str(tiny_dir), "model_name")
 
 
+@pytest.mark.parametrize("value", ["-1", "-0.5", "nan"])
+def test_ppo_refuses_a_negative_missing_eos_penalty(value, tiny_dir, folders, data, tmp_path, capfd, loads):
+    """TRL's convention: a positive penalty is subtracted. The old sign (a negative number added) would turn a TRL
+    user's 1.0 into a reward for responses that never end, so a negative value is refused, never flipped."""
+    out = tmp_path / "ppo"
+    argv = ["--model_name", str(tiny_dir), "--reward_model_name", str(folders["reward"]), "--dataset_name", str(data)]
+    code, lines, printed = run("rl_training", [*argv, "--output_dir", str(out), "--missing_eos_penalty", value], capfd)
+    assert code == 2, printed[-3000:]
+    assert len(lines) == 1 and "--missing_eos_penalty" in lines[0] and "subtracted" in lines[0], lines
+    assert "Traceback" not in printed and loads == [] and not out.exists()
+
+
 def test_help_documents_the_fault_flags(capsys):
     for script in ("sft", "reward_modeling"):
         with pytest.raises(SystemExit):

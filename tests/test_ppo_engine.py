@@ -271,7 +271,7 @@ def eos_bias_hook(engine: PPOEngine, bias: float):
 
 
 def test_rollout_cuts_after_first_eos_and_penalises_missing_eos(engine_factory, tokenizer, fmt):
-    engine = engine_factory(response_length=40, missing_eos_penalty=-1.0)
+    engine = engine_factory(response_length=40, missing_eos_penalty=1.0)
     handle = eos_bias_hook(engine, 2.5)  # p(EOS) ~ 3% per token: some rows stop, some do not
     try:
         ro = engine.rollout(prompts(tokenizer, fmt))
@@ -296,8 +296,8 @@ def test_rollout_cuts_after_first_eos_and_penalises_missing_eos(engine_factory, 
     # The attention mask of the response part is the response mask; masked positions carry no KL or reward.
     assert torch.equal(ro.attention_mask[:, ro.prompt_width :].bool(), ro.response_mask)
     assert (ro.kl[~ro.response_mask] == 0).all() and (ro.rewards[~ro.response_mask] == 0).all()
-    # Missing-EOS penalty: exactly the rows without EOS lose 1.
-    expected = ro.raw_scores + torch.where(ro.has_eos, 0.0, -1.0)
+    # Missing-EOS penalty (TRL's sign: a positive number is subtracted): exactly the rows without EOS lose 1.
+    expected = ro.raw_scores - torch.where(ro.has_eos, 0.0, 1.0)
     torch.testing.assert_close(ro.scores, expected)
     # The score lands on the last real token (EOS for rows that stopped).
     last = ro.response_mask.long().sum(1) - 1
@@ -528,6 +528,7 @@ def test_early_stopping_ends_the_epochs_after_one_optimizer_step(
         ({"reward_clip": 0.0}, "--reward_clip"),
         ({"lam": 1.5}, "--lam"),
         ({"gamma": -0.1}, "--gamma"),
+        ({"missing_eos_penalty": -1.0}, "--missing_eos_penalty -1.0: expected a positive number"),
     ],
 )
 def test_config_validate_errors(overrides, message):

@@ -71,7 +71,11 @@ class PPOConfig:
     )
     reward_clip: float | None = field(default=None, metadata={"help": "Clip (normalised) scores to [-c, c]."})
     missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Added to the score of a response that did not end with EOS (e.g. -1)."}
+        default=None,
+        metadata={
+            "help": "A positive number subtracted from the score of a response that did not end with EOS (e.g. "
+            "1.0; TRL's convention). A negative value is refused."
+        },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs use the same)."})
     output_max_length: int = field(
@@ -152,6 +156,13 @@ class PPOConfig:
             raise ValueError(f"--kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
         if self.temperature <= 0:
             raise ValueError(f"--temperature: expected > 0, got {self.temperature}")
+        # TRL's convention (a positive number is subtracted). The opposite sign, accepted here before, turned a TRL
+        # user's 1.0 into a bonus for responses that never end: refuse it rather than guess.
+        if self.missing_eos_penalty is not None and not self.missing_eos_penalty >= 0:
+            raise ValueError(
+                f"--missing_eos_penalty {self.missing_eos_penalty}: expected a positive number, which is subtracted "
+                f"from the score of a response without EOS (TRL's convention), e.g. {abs(self.missing_eos_penalty)}"
+            )
         if not self.max_grad_norm >= 0:  # NaN fails too
             raise ValueError(f"--max_grad_norm: expected >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         for name in ("learning_rate", "cliprange", "cliprange_value", "target_kl", "kl_target", "kl_horizon"):

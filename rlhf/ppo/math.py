@@ -404,21 +404,26 @@ class AdaptiveKLController:
 
 
 def missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float | None) -> Tensor:
-    """Add ``penalty`` to the score of every response that never emitted EOS.
+    """Subtract ``penalty`` from the score of every response that never emitted EOS.
 
     Shapes: ``scores`` ``(B,)``, ``has_eos`` ``(B,)`` bool; returns ``(B,)``.
-    ``penalty`` is normally negative (e.g. ``-1.0``); ``None`` returns an
-    unchanged copy. Discourages the policy from exploiting the reward model
-    with rambling, truncated answers.
+    TRL's convention: ``penalty`` is a positive number (e.g. ``1.0``) that is
+    *subtracted*; a negative one raises ``ValueError`` (with the opposite
+    convention a TRL user's ``1.0`` would reward responses that never end).
+    ``None`` returns an unchanged copy. Discourages the policy from exploiting
+    the reward model with rambling, truncated answers.
 
     Source: Huang et al. 2024, "The N Implementation Details of RLHF with PPO"
-    (penalise completions that do not end with EOS).
+    (penalise completions that do not end with EOS); sign as TRL's
+    ``missing_eos_penalty``.
     """
     if has_eos.shape != scores.shape:
         raise ValueError(f"has_eos {tuple(has_eos.shape)} vs scores {tuple(scores.shape)}")
     if penalty is None:
         return scores.clone()
-    return torch.where(has_eos.to(torch.bool), scores, scores + penalty)
+    if not penalty >= 0:  # NaN fails too
+        raise ValueError(f"missing_eos_penalty must be >= 0 (it is subtracted from the score), got {penalty}")
+    return torch.where(has_eos.to(torch.bool), scores, scores - penalty)
 
 
 def normalize_scores(
