@@ -327,6 +327,24 @@ def test_ignore_eos_keeps_every_response_at_full_length(engine_factory, tokenize
             assert ro.responses[i].index(tokenizer.eos_token) < len(ro.responses[i]) - len(tokenizer.eos_token)
 
 
+def test_whiten_rewards_rescales_the_batch_rewards_before_gae(engine_factory, tokenizer, fmt):
+    """--whiten_rewards (TRL's, off by default): per-token rewards of the batch scaled to unit variance with their
+    mean kept, before GAE; the same samples without it keep the raw rewards."""
+    from rlhf.ppo.math import gae_advantages, masked_mean, masked_var, masked_whiten
+
+    plain = engine_factory(response_length=12).rollout(prompts(tokenizer, fmt))
+    white = engine_factory(response_length=12, whiten_rewards=True).rollout(prompts(tokenizer, fmt))
+    assert torch.equal(plain.input_ids, white.input_ids)  # same seed: the same samples, scores and KL
+    mask = plain.response_mask
+    assert abs(masked_var(plain.rewards, mask).item() - 1.0) > 0.5  # the raw rewards are far from unit variance...
+    torch.testing.assert_close(white.rewards, masked_whiten(plain.rewards, mask, shift_mean=False))
+    torch.testing.assert_close(masked_var(white.rewards, mask), torch.tensor(1.0))  # ...the whitened ones are not
+    torch.testing.assert_close(masked_mean(white.rewards, mask), masked_mean(plain.rewards, mask))
+    _, returns = gae_advantages(white.values, white.rewards, mask, 1.0, 0.95)
+    torch.testing.assert_close(white.returns, returns)  # GAE ran on the whitened rewards
+    assert not PPOConfig().whiten_rewards
+
+
 def test_all_finite_finds_one_bad_value_among_many_tensors():
     from accelerate import Accelerator
 

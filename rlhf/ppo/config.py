@@ -77,6 +77,13 @@ class PPOConfig:
             "1.0; TRL's convention). A negative value is refused."
         },
     )
+    whiten_rewards: bool = field(
+        default=False,
+        metadata={
+            "help": "Whiten the per-token rewards (score + KL penalty) of each batch before GAE: scaled to unit "
+            "variance, mean kept (off by default, like TRL)."
+        },
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs use the same)."})
     output_max_length: int = field(
         default=128,

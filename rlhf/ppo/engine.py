@@ -301,6 +301,9 @@ class PPOEngine:
         rewards, kl = kl_penalized_rewards(
             scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value, cfg.kl_estimator
         )
+        if cfg.whiten_rewards:
+            # TRL's whiten_rewards: scale only (shift_mean=False), so the sign of what the batch earned survives.
+            rewards = masked_whiten(rewards, response_mask, shift_mean=False)
         advantages, returns = gae_advantages(values, rewards, response_mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, response_mask)
         return Rollout(
