@@ -283,13 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     policy, optimizer = accelerator.prepare(policy, optimizer)
 
     # ------------------------------------------------------------------ engine, resume, trackers
+    # The policy's tokenizer and format: when the reward model shares both, it scores the sampled ids directly.
+    scorer = RewardScorer(reward_model, rm_tokenizer, rm_fmt, policy_tokenizer=tokenizer, policy_fmt=fmt)
+    logger.info(
+        "the reward model scores %s",
+        "the policy's own token ids (same tokenizer and prompt format)"
+        if scorer.reads_policy_ids
+        else "the decoded responses, re-encoded in its own tokenizer and format",
+    )
     engine = PPOEngine(
         cfg,
         accelerator,
         policy,
         optimizer,
         tokenizer,
-        RewardScorer(reward_model, rm_tokenizer, rm_fmt),
+        scorer,
         ref_model,
         reward_stats,
         script.seed,

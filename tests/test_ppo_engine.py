@@ -345,6 +345,45 @@ def test_whiten_rewards_rescales_the_batch_rewards_before_gae(engine_factory, to
     assert not PPOConfig().whiten_rewards
 
 
+def test_reward_model_scores_the_policys_own_token_ids(engine_factory, tokenizer, fmt, reward_model):
+    """Same tokenizer and prompt format: the reward model reads the ids the policy sampled, not a decode -> encode
+    round trip of them, which changes the ids (and the score) on rows whose text does not round-trip."""
+    from rlhf.models.reward import score_sequences
+
+    own = RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=tokenizer, policy_fmt=fmt)
+    text = RewardScorer(reward_model, tokenizer, fmt)
+    assert own.reads_policy_ids and not text.reads_policy_ids
+    batch = prompts(tokenizer, fmt)
+    ro = engine_factory(response_length=16, scorer=own).rollout(batch)
+    responses = ro.input_ids[:, ro.prompt_width :]
+    sampled = [b["prompt_ids"] + r[m].tolist() for b, r, m in zip(batch, responses, ro.response_mask, strict=True)]
+    torch.testing.assert_close(ro.raw_scores, score_sequences(reward_model, sampled, tokenizer.pad_token_id))
+    retokenized = [text.token_ids(b["system"], b["question"], t) for b, t in zip(batch, ro.responses, strict=True)]
+    differ = [i for i in range(len(batch)) if retokenized[i] != sampled[i]]
+    assert differ, "a random tiny policy samples token sequences that BPE re-encodes differently"
+    via_text = text(*zip(*[(b["system"], b["question"]) for b in batch]), ro.responses)
+    assert all(abs(via_text[i] - ro.raw_scores[i]) > 1e-6 for i in differ)
+    # Without the policy's tokenizer (or with another format) the scorer takes the text path, as before.
+    ro_text = engine_factory(response_length=16, scorer=text).rollout(batch)
+    assert torch.equal(ro_text.input_ids, ro.input_ids)
+    torch.testing.assert_close(ro_text.raw_scores, via_text)
+
+
+def test_same_tokenization_tells_tokenizers_apart(tiny_dir, tokenizer, fmt, tmp_path, reward_model):
+    from transformers import AutoTokenizer
+
+    from rlhf.models.reward import same_tokenization
+
+    again = AutoTokenizer.from_pretrained(str(tiny_dir))
+    again.padding_side = "left"  # padding settings do not change the ids
+    assert same_tokenization(tokenizer, again)
+    other = build_tokenizer(tmp_path / "other", extra_text=["an entirely different corpus of words"] * 5)
+    assert not same_tokenization(tokenizer, other)
+    plain = PromptFormat("plain", tokenizer.eos_token)
+    assert not RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=tokenizer, policy_fmt=plain).reads_policy_ids
+    assert not RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=other, policy_fmt=fmt).reads_policy_ids
+
+
 def test_all_finite_finds_one_bad_value_among_many_tensors():
     from accelerate import Accelerator
 

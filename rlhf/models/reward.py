@@ -57,13 +57,42 @@ def load_reward_stats(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-class RewardScorer:
-    """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
+def same_tokenization(a: Any, b: Any) -> bool:
+    """Whether two tokenizers turn text into the same ids: the same vocabulary, added tokens, normalizer and
+    pre-tokenizer (fast tokenizers: their whole serialized pipeline, padding/truncation settings aside)."""
+    if a is b:
+        return True
+    backend_a, backend_b = getattr(a, "backend_tokenizer", None), getattr(b, "backend_tokenizer", None)
+    if backend_a is not None and backend_b is not None:
 
-    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
+        def pipeline(backend: Any) -> dict[str, Any]:
+            data = json.loads(backend.to_str())
+            data.pop("padding", None)
+            data.pop("truncation", None)
+            return data
+
+        return pipeline(backend_a) == pipeline(backend_b)
+    return type(a) is type(b) and a.get_vocab() == b.get_vocab()
+
+
+class RewardScorer:
+    """Scores (prompt, response) with a reward model, in the prompt format that model was trained on.
+
+    When the reward model shares the policy's tokenizer and prompt format (``policy_tokenizer``/``policy_fmt``
+    given and equal), ``reads_policy_ids`` is True and PPO scores the policy's own token ids (``score_ids``): a
+    decode -> re-encode round trip can change the ids (a sampled "Hel" + "lo" comes back as "Hello"), and with them
+    the score (measured up to 0.187 on the demo's reward model).
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, policy_tokenizer: Any = None, policy_fmt: Any = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.fmt = fmt
+        self.reads_policy_ids = (
+            policy_tokenizer is not None and policy_fmt == fmt and same_tokenization(tokenizer, policy_tokenizer)
+        )
 
     def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
         from rlhf.data.encoding import encode_completion, encode_text
@@ -76,4 +105,9 @@ class RewardScorer:
         """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
         ``responses`` end with the EOS text when the policy stopped."""
         sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
+        return self.score_ids(sequences)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: list[list[int]]) -> Tensor:
+        """Scores of prompt + response token ids already in this model's vocabulary and format, ``(B,)``."""
         return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))

@@ -284,11 +284,22 @@ class PPOEngine:
             for ids, mask in zip(responses.cpu(), response_mask.cpu(), strict=True)
         ]
         systems, questions = [b["system"] for b in batch], [b["question"] for b in batch]
+        own_ids = None
+        if getattr(self.scorer, "reads_policy_ids", False):
+            # Same tokenizer and prompt format: score exactly the ids the policy sampled (decoding and re-encoding
+            # can merge or split tokens and move the score).
+            own_ids = [
+                b["prompt_ids"] + ids[mask].tolist()
+                for b, ids, mask in zip(batch, responses.cpu(), response_mask.cpu(), strict=True)
+            ]
         raw_scores = []
         for part in self._chunks(len(batch)):  # the reward model is a no-grad rollout forward too
             self.forward_calls["reward"] += 1
             with self.runtime.graphs(getattr(self.scorer, "model", None)), self.accelerator.autocast():
-                raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
+                if own_ids is not None:
+                    raw_scores.append(self.scorer.score_ids(own_ids[part]))
+                else:
+                    raw_scores.append(self.scorer(systems[part], questions[part], texts[part]))
         raw_scores = torch.cat(raw_scores).to(logprobs.device)
         self._timed("score", start)
 
