@@ -8,6 +8,9 @@ For each held-out prompt, one response is sampled from each policy (same tempera
 PPO never saw (if given: reward hacking shows up as a gap between the two); the win rate of PPO over SFT under each,
 with a 95% Wilson interval (ties count half); KL(PPO || SFT) in nats per response; mean response length; EOS rate;
 and the reward model's strict held-out accuracy, tie rate and margin on the pairs (margins in ``margins.json``).
+Where the data has ground truth (a ``gold`` column: the accepted answers, ignored by the training stages), the gold
+accuracy of each policy: how often its response contains the answer (``rlhf.evaluation.matches_gold``); a warning
+is logged and saved when a reward model's mean reward rises from SFT to PPO while gold accuracy falls.
 ``samples.jsonl`` holds every prompt with both responses and their scores. Works on any user's model folders.
 """
 
@@ -23,14 +26,18 @@ from transformers import HfArgumentParser
 
 from rlhf.cli import parse_dataclasses, setup_logging
 from rlhf.data.encoding import encode_text
-from rlhf.data.pairs import DataArguments, load_pairs
+from rlhf.data.pairs import DataArguments, load_rows, validate_and_split
 from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
 from rlhf.errors import UsageError, run_main
 from rlhf.evaluation import (
+    as_gold,
+    gold_accuracy,
+    matches_gold,
     merge_samples,
     policy_summary,
     preference_metrics,
     response_logprobs_under,
+    reward_hacking_warnings,
     sample,
     sequence_kl,
     win_rate,
@@ -61,6 +68,13 @@ class EvalArguments:
     greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
+    gold_column: str = field(
+        default="gold",
+        metadata={
+            "help": "Column with the accepted answer(s) of a row (a string or a list of strings; empty: none), for "
+            "gold accuracy. Absent: no gold accuracy."
+        },
+    )
 
 
 @dataclass
@@ -120,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--num_prompts, --num_pairs, --batch_size and --max_new_tokens must be positive")
 
     # ------------------------------------------------------------------ data
-    split = load_pairs(data_args, hub.token)
+    source = load_rows(data_args, hub.token)
+    split = validate_and_split(source, data_args)
     split.report.log()
+    columns = data_args.columns()
+    gold_of = {  # (system, question) -> accepted answers; the training stages never read this column
+        (row.get(columns["system"]) or "", row.get(columns["question"])): as_gold(row.get(args.gold_column))
+        for row in source.rows
+    }
     tokenizer, _ = load_tokenizer(args.sft_model, hub.token)
     fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, args.sft_model)
     prompts, seen = [], set()
@@ -129,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if (pair.system, pair.question) not in seen and len(prompts) < args.num_prompts:
             seen.add((pair.system, pair.question))
             ids = encode_text(tokenizer, fmt.render_prompt(pair.system, pair.question, tokenizer), fmt)
-            prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids})
+            gold = gold_of.get((pair.system, pair.question), [])
+            prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids, "gold": gold})
 
     # ------------------------------------------------------------------ generate with both policies
     sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
@@ -178,6 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{judge}_heldout"] = preference_metrics(rc, rr)
         margins[judge] = (rc - rr).tolist()
 
+    # ------------------------------------------------------------------ ground truth
+    golds = [p["gold"] for p in prompts]
+    gold = {name: gold_accuracy(texts[name], golds) for name in ("sft", "ppo")}
+    if gold["sft"] is not None:
+        result["gold"] = {"rows": gold["sft"]["rows"], "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
+        rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
+        result["warnings"] = reward_hacking_warnings(
+            rewards, result["gold"]["sft"], result["gold"]["ppo"], result["gold"]["rows"]
+        )
+        for warning in result["warnings"]:
+            logger.warning(warning)
+
     # ------------------------------------------------------------------ write
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
         for i, p in enumerate(prompts):
             row = {"question": p["question"], "sft": texts["sft"][i], "ppo": texts["ppo"][i]}
+            if p["gold"]:
+                row.update(gold=p["gold"], sft_gold=matches_gold(texts["sft"][i], p["gold"]))
+                row["ppo_gold"] = matches_gold(texts["ppo"][i], p["gold"])
             row.update({f"{j}_{k}": scores[j][k][i].item() for j in scores for k in ("sft", "ppo")})
             handle.write(json.dumps(row) + "\n")
     # Written last: its presence means the evaluation finished (the pipeline skips a finished stage).

@@ -1,8 +1,12 @@
-"""Comparing two policies on held-out prompts: sampling, win rate with its interval, KL, length, EOS rate."""
+"""Comparing two policies on held-out prompts: sampling, win rate with its interval, KL, length, EOS rate, and
+accuracy against ground truth (gold answers) where the data has it."""
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -136,3 +140,62 @@ def policy_summary(batch: dict[str, Any], scores: Tensor) -> dict[str, float]:
         "length_mean": batch["response_mask"].float().sum(1).mean().item(),
         "eos_rate": batch["has_eos"].float().mean().item(),
     }
+
+
+def _fold(text: str) -> str:
+    """Lower case, accents dropped ("Brasília" == "brasilia"), typographic apostrophes straightened."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower().replace("\u2019", "'")
+
+
+def as_gold(value: Any) -> list[str]:
+    """A gold cell as a list of accepted answers: a string is one answer, a list several; empty or missing (None,
+    NaN, ``[]``, blank) means the row has no ground truth."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [str(value)]
+    return [str(v) for v in values if v is not None and str(v).strip()]
+
+
+def matches_gold(response: str, gold: str | Sequence[str]) -> bool:
+    """Whether ``response`` contains one of the accepted answers: whole words, case- and accent-insensitive.
+
+    A space or hyphen inside an answer matches either ("twenty-eight" == "twenty eight"); an answer is never found
+    inside a longer word or number ("eight" is not in "twenty-eight" or "eighteen", "28" is not in "128", "2.8"
+    or "28,000"). Numbers are matched as written, so gold lists both spellings ("28", "twenty-eight").
+    """
+    text = _fold(response)
+    for answer in [gold] if isinstance(gold, str) else gold:
+        parts = [re.escape(part) for part in re.split(r"[\s-]+", _fold(answer)) if part]
+        if not parts:
+            continue
+        pattern = r"(?<![\w-])(?<!\d[.,])" + r"[\s-]+".join(parts) + r"(?![\w-])(?![.,]\d)"
+        if re.search(pattern, text):
+            return True
+    return False
+
+
+def gold_accuracy(responses: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float] | None:
+    """Share of responses that contain their gold answer (``matches_gold``), over the rows that have one; None when
+    no row has ground truth."""
+    if len(responses) != len(golds):
+        raise ValueError("one gold list per response")
+    checked = [matches_gold(r, g) for r, g in zip(responses, golds, strict=True) if g]
+    if not checked:
+        return None
+    return {"accuracy": sum(checked) / len(checked), "correct": sum(checked), "rows": len(checked)}
+
+
+def reward_hacking_warnings(
+    rewards: dict[str, tuple[float, float]], gold_sft: float, gold_ppo: float, rows: int
+) -> list[str]:
+    """One warning per judge whose mean reward rose from SFT to PPO (``rewards[judge] = (sft, ppo)``) while gold
+    accuracy fell: the policy learned what the reward model likes, not better answers."""
+    if not gold_ppo < gold_sft:
+        return []
+    return [
+        f"reward hacking? the mean reward under {judge} rose ({before:.3f} -> {after:.3f}) while gold accuracy fell "
+        f"({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth)"
+        for judge, (before, after) in rewards.items()
+        if after > before
+    ]

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from conftest import run_script
-from rlhf.evaluation import left_pad, policy_summary, sequence_kl, win_rate
+from rlhf.evaluation import (
+    as_gold,
+    gold_accuracy,
+    left_pad,
+    matches_gold,
+    policy_summary,
+    reward_hacking_warnings,
+    sequence_kl,
+    win_rate,
+)
 
 
 def test_win_rate_counts_ties_half_and_gives_the_wilson_interval():
@@ -64,6 +73,58 @@ def test_left_pad_puts_tokens_on_the_right():
     assert mask.tolist() == [[1, 1], [0, 1]]
 
 
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        ("47 minus 19 equals 28.", ["28", "twenty-eight"], True),
+        ("The answer is twenty-eight.", ["28", "twenty-eight"], True),
+        ("The answer is Twenty Eight!", ["28", "twenty-eight"], True),  # case, and a space for the hyphen
+        ("It is 128.", ["28", "twenty-eight"], False),  # not inside a longer number
+        ("It is 28.5 or so.", ["28"], False),
+        ("About 28,000 people.", ["28"], False),
+        ("It is 28, I think.", ["28"], True),  # a comma after the number is punctuation
+        ("Twenty-eight is 20 + 8.", ["eight"], False),  # not inside a hyphenated number
+        ("She has eighteen.", ["eight"], False),
+        ("The plural of woman is women.", ["women"], True),
+        ('The singular form of "woman" is "woman".', ["women"], False),
+        ("The capital of Brazil is Brasilia.", ["Brasília"], True),  # accents do not matter
+        ("The capital of Brazil is BRASÍLIA.", "Brasília", True),  # a single string is one answer
+        ("You say \u201cs\u2019il vous pla\u00eet\u201d.", ["s'il vous plaît"], True),
+        ("New Delhi is the capital.", ["New Delhi"], True),
+        ("Delhi is the capital.", ["New Delhi"], False),
+        ("A dog barks.", ["bark", "barks"], True),
+        ("Nothing here.", [], False),
+    ],
+)
+def test_matches_gold(response, gold, expected):
+    assert matches_gold(response, gold) is expected
+
+
+def test_gold_accuracy_counts_only_rows_with_ground_truth():
+    responses = ["It is 5.", "It is 6.", "Paris.", "Hello there."]
+    golds = [["5", "five"], ["7", "seven"], ["Paris"], []]
+    assert gold_accuracy(responses, golds) == {"accuracy": pytest.approx(2 / 3), "correct": 2, "rows": 3}
+    assert gold_accuracy(["anything"], [[]]) is None
+    with pytest.raises(ValueError):
+        gold_accuracy(["a"], [])
+
+
+def test_as_gold_reads_strings_lists_and_empty_cells():
+    assert as_gold("Paris") == ["Paris"]
+    assert as_gold(["28", "twenty-eight"]) == ["28", "twenty-eight"]
+    assert as_gold(None) == [] and as_gold(float("nan")) == [] and as_gold([]) == [] and as_gold("  ") == []
+    assert as_gold(28) == ["28"]
+
+
+def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
+    rewards = {"rm": (1.0, 2.0), "rm2": (1.0, 0.5)}
+    warnings = reward_hacking_warnings(rewards, gold_sft=0.6, gold_ppo=0.4, rows=50)
+    assert len(warnings) == 1 and "under rm rose (1.000 -> 2.000)" in warnings[0] and "0.600 -> 0.400" in warnings[0]
+    assert reward_hacking_warnings(rewards, gold_sft=0.4, gold_ppo=0.6, rows=50) == []  # answers got better
+    assert reward_hacking_warnings(rewards, gold_sft=0.5, gold_ppo=0.5, rows=50) == []
+    assert reward_hacking_warnings({"rm": (2.0, 1.0)}, gold_sft=0.6, gold_ppo=0.4, rows=50) == []
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
     """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast: every number is defined
@@ -78,7 +139,12 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
-    data = write_rows(tmp_path / "heldout.jsonl", ORCA_ROWS)
+    # A gold column (what data/orca_sample/heldout.jsonl carries) on all rows but the last: the stages ignore it,
+    # the evaluation scores against it.
+    rows = [
+        {**row, "gold": [row["chosen"].split()[0]] if i < len(ORCA_ROWS) - 1 else []} for i, row in enumerate(ORCA_ROWS)
+    ]
+    data = write_rows(tmp_path / "heldout.jsonl", rows)
     out = tmp_path / "eval"
     result = run_script(
         "evaluate.py",
@@ -109,4 +175,34 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
     assert report["win_rate_rm"]["ties"] == 4 and report["win_rate_rm"]["win_rate"] == 0.5
     assert report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert report["rm_heldout"]["pairs"] == len(ORCA_ROWS)
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    gold_rows = [s for s in samples if "gold" in s]
+    assert report["gold"]["rows"] == len(gold_rows) == len(ORCA_ROWS) - 1
+    sft_correct = sum(s["sft_gold"] for s in gold_rows)
+    assert report["gold"]["sft"] == report["gold"]["ppo"] == pytest.approx(sft_correct / len(gold_rows))
+    assert report["warnings"] == []
+
+
+def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path):
+    from rlhf.pipeline.report import build_report
+
+    policy = {"reward_mean_rm": 1.0, "length_mean": 10.0, "eos_rate": 1.0}
+    ev = {
+        "prompts": 8,
+        "sft": dict(policy),
+        "ppo": {**policy, "reward_mean_rm": 2.0},
+        "win_rate_rm": {"win_rate": 0.75, "ci_low": 0.4, "ci_high": 0.9, "n": 8, "ties": 0},
+        "kl_ppo_sft": {"mean": 1.0, "max": 2.0},
+        "gold": {"rows": 6, "sft": 0.5, "ppo": 1 / 3},
+        "warnings": reward_hacking_warnings({"rm": (1.0, 2.0)}, 0.5, 1 / 3, 6),
+    }
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
+    report = build_report(tmp_path).read_text()
+    assert "| gold accuracy (6 prompts with ground truth) | 0.500 | 0.333 |" in report
+    assert "**Warning: reward hacking? the mean reward under rm rose (1.000 -> 2.000)" in report
+    del ev["gold"], ev["warnings"]  # data without ground truth: no row, no warning
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
+    report = build_report(tmp_path).read_text()
+    assert "gold accuracy" not in report and "Warning" not in report
