@@ -361,7 +361,7 @@ def test_reward_model_scores_the_policys_own_token_ids(engine_factory, tokenizer
     retokenized = [text.token_ids(b["system"], b["question"], t) for b, t in zip(batch, ro.responses, strict=True)]
     differ = [i for i in range(len(batch)) if retokenized[i] != sampled[i]]
     assert differ, "a random tiny policy samples token sequences that BPE re-encodes differently"
-    via_text = text(*zip(*[(b["system"], b["question"]) for b in batch]), ro.responses)
+    via_text = text([b["system"] for b in batch], [b["question"] for b in batch], ro.responses)
     assert all(abs(via_text[i] - ro.raw_scores[i]) > 1e-6 for i in differ)
     # Without the policy's tokenizer (or with another format) the scorer takes the text path, as before.
     ro_text = engine_factory(response_length=16, scorer=text).rollout(batch)
