@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow test-all lint demo bench clean setup-gaudi test-gaudi
+.PHONY: setup test test-slow test-all lint demo bench bench-learning clean setup-gaudi test-gaudi
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ demo: setup $(DEMO_MODEL)/.complete
 BENCH_THREADS ?= 1
 bench: setup
 	OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
+
+# PPO + evaluation for seeds 0, 1, 2 from the demo's SFT policy and reward models (trained first if out/demo lacks
+# them) -> the "Learning across seeds" section of BENCHMARKS.md. About 25 minutes after `make demo` on 2 CPU cores.
+bench-learning: setup $(DEMO_MODEL)/.complete
+	HF_HUB_OFFLINE=1 $(PY) -m bench.learning --config configs/demo.json
 
 clean:
 	rm -rf out .pytest_cache
