@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from rlhf.evaluation import (
     win_rate,
 )
 from rlhf.models.loading import check_causal_lm_folder, check_reward_folder, load_tokenizer
-from rlhf.models.reward import RewardScorer, score_sequences
+from rlhf.models.reward import RewardScorer, same_tokenization, score_sequences
 from rlhf.runtime.backend import Backend
 from rlhf.runtime.precision import PrecisionArguments, autocast
 from rlhf.secrets import HubArguments, protect_secrets
@@ -66,7 +68,9 @@ class EvalArguments:
     max_new_tokens: int = field(default=48, metadata={"help": "Longest response."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for both policies."})
     greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Prompts per generation batch; sequences per reward-model forward."}
+    )
     seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
     gold_column: str = field(
         default="gold",
@@ -121,6 +125,18 @@ def _generate_all(lm, tokenizer, prompts, args: EvalArguments, mixed_precision: 
         ]
 
 
+def _sampled_ids(batches: list[dict]) -> list[list[int]]:
+    """Prompt + response token ids of every sampled row, without padding (what the policy actually produced)."""
+    out = []
+    for b in batches:
+        width = b["prompt_width"]
+        for ids, mask, response_mask in zip(
+            b["input_ids"], b["attention_mask"], b["response_mask"].bool(), strict=True
+        ):
+            out.append(ids[:width][mask[:width].bool()].tolist() + ids[width:][response_mask].tolist())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments
     parser = HfArgumentParser((EvalArguments, EvalDataArguments, HubArguments, PrecisionArguments))
@@ -152,14 +168,23 @@ def main(argv: list[str] | None = None) -> int:
             gold = gold_of.get((pair.system, pair.question), [])
             prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids, "gold": gold})
 
+    seconds: dict[str, float] = {}  # where the evaluation's time goes, saved with the results
+
+    @contextmanager
+    def timed(part: str):
+        start = time.perf_counter()
+        yield
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
+
     # ------------------------------------------------------------------ generate with both policies
-    sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
-    batches = {
-        "sft": _generate_all(sft_lm, tokenizer, prompts, args, mixed_precision),
-        "ppo": _generate_all(ppo_lm, tokenizer, prompts, args, mixed_precision),
-    }
+    with timed("load"):
+        sft_lm, ppo_lm = _load_lm(args.sft_model, hub.token), _load_lm(args.ppo_model, hub.token)
+    batches = {}
+    for name, lm in (("sft", sft_lm), ("ppo", ppo_lm)):
+        with timed(f"generate_{name}"):
+            batches[name] = _generate_all(lm, tokenizer, prompts, args, mixed_precision)
     texts = {k: [t for b in v for t in b["texts"]] for k, v in batches.items()}
-    with autocast(mixed_precision, ppo_lm.device.type):
+    with timed("kl"), autocast(mixed_precision, ppo_lm.device.type):
         kl = torch.cat(
             [
                 sequence_kl(
@@ -179,10 +204,29 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"prompts": len(prompts), "kl_ppo_sft": {"mean": kl.mean().item(), "max": kl.max().item()}}
     margins: dict[str, list[float]] = {}
     scores: dict[str, dict[str, torch.Tensor]] = {}
+    sampled = {k: _sampled_ids(v) for k, v in batches.items()}
+    pairs = split.train[: args.num_pairs]
+    n, m = len(prompts), len(pairs)
     for judge, folder in judges.items():
-        scorer = _load_scorer(folder, hub.token)
-        with autocast(mixed_precision, scorer.model.device.type):
-            scores[judge] = {k: scorer(systems, questions, texts[k]) for k in ("sft", "ppo")}
+        with timed("load"):
+            scorer = _load_scorer(folder, hub.token)
+        # The policies' responses (their own token ids when the judge shares their tokenizer and prompt format, as
+        # PPO scores them; else the text in the judge's format), then the held-out pairs, in one length-sorted pass.
+        own_ids = scorer.fmt == fmt and same_tokenization(scorer.tokenizer, tokenizer)
+        sequences = []
+        for k in ("sft", "ppo"):
+            if own_ids:
+                sequences += sampled[k]
+            else:
+                sequences += [scorer.token_ids(s, q, t) for s, q, t in zip(systems, questions, texts[k], strict=True)]
+        for answer in ("chosen", "rejected"):
+            sequences += [
+                scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(getattr(p, answer))) for p in pairs
+            ]
+        with timed(f"score_{judge}"), autocast(mixed_precision, scorer.model.device.type):
+            all_scores = score_sequences(scorer.model, sequences, scorer.tokenizer.pad_token_id, args.batch_size)
+        scores[judge] = {"sft": all_scores[:n], "ppo": all_scores[n : 2 * n]}
+        rc, rr = all_scores[2 * n : 2 * n + m], all_scores[2 * n + m :]
         result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
         for name in ("sft", "ppo"):
             result.setdefault(name, {})
@@ -190,12 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             result[name][f"reward_mean_{judge}"] = summary.pop("reward_mean")
             result[name].update(summary)
         # The reward model's own held-out ranking quality, on pairs in its own prompt format.
-        pairs = split.train[: args.num_pairs]
-        chosen = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.chosen)) for p in pairs]
-        rejected = [scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(p.rejected)) for p in pairs]
-        pad = scorer.tokenizer.pad_token_id
-        with autocast(mixed_precision, scorer.model.device.type):
-            rc, rr = score_sequences(scorer.model, chosen, pad), score_sequences(scorer.model, rejected, pad)
         result[f"{judge}_heldout"] = preference_metrics(rc, rr)
         margins[judge] = (rc - rr).tolist()
 
@@ -210,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for warning in result["warnings"]:
             logger.warning(warning)
+
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    logger.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
 
     # ------------------------------------------------------------------ write
     out = Path(args.output_dir)

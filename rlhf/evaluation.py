@@ -120,9 +120,16 @@ def response_logprobs_under(lm: Any, batch: dict[str, Any], temperature: float =
     """Log-probs ``(B, T)`` of the sampled response tokens under ``lm``."""
     device = next(lm.parameters()).device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
     width = batch["prompt_width"]
-    return logprobs_from_logits(logits[:, width - 1 : -1].float(), ids[:, width:], temperature).cpu()
+    # The LM head only on the positions that predict response tokens (a fifth of a small model's compute per token).
+    logits = lm(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=False,
+        logits_to_keep=ids.shape[1] - width + 1,
+    ).logits
+    return logprobs_from_logits(logits[:, :-1].float(), ids[:, width:], temperature).cpu()
 
 
 def merge_samples(batches: list[dict[str, Any]]) -> dict[str, Tensor]:

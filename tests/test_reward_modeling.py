@@ -79,6 +79,20 @@ def test_scores_do_not_depend_on_right_padding(tiny_dir):
     assert model.training  # dropout was off for scoring only; the mode is restored
 
 
+def test_scores_come_back_in_input_order_when_batched_by_length(tiny_dir):
+    """score_sequences batches sequences of similar length together (less padding); the order must not change."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    texts = ["2 plus 3 is 5.", "The capital of France is Paris. The capital of Italy is Rome.", "Sorry.", "It is 8."]
+    sequences = [tok(t + "<|im_end|>")["input_ids"] for t in texts * 2]
+    one_by_one = torch.cat([score_sequences(model, [s], tok.pad_token_id) for s in sequences])
+    in_pairs = score_sequences(model, sequences, tok.pad_token_id, batch_size=2)
+    torch.testing.assert_close(in_pairs, one_by_one, atol=1e-5, rtol=0)
+    assert len(set(one_by_one.tolist())) == len(texts)  # distinct scores: a permutation would be caught
+    assert torch.equal(in_pairs[: len(texts)], in_pairs[len(texts) :])  # equal sequences: bit-equal scores
+
+
 @pytest.mark.parametrize("peft", [True, False])
 def test_a_bf16_base_with_float32_trainable_weights_runs_without_autocast(tiny_dir, peft):
     """--torch_dtype bfloat16 keeps the frozen base in bf16 and the trained weights (score head, LoRA) in float32.

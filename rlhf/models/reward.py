@@ -16,7 +16,7 @@ STATS_FILE = "reward_stats.json"
 
 @torch.no_grad()
 def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16) -> torch.Tensor:
-    """Reward of each token sequence, shape ``(n,)``, float32.
+    """Reward of each token sequence, shape ``(n,)``, float32; equal sequences get equal scores.
 
     Sequences are right-padded with ``pad_token_id`` (distinct from EOS), so the head reads the last real token,
     the same convention as the reward-model training collator.
@@ -24,9 +24,16 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # dropout off: a reward must not depend on a random mask
+    # Each distinct sequence is scored once, so identical responses get identical scores (an exact tie, whatever
+    # batch they would have landed in); batches of similar lengths waste little on padding. Scores come back in the
+    # input order.
+    index: dict[tuple[int, ...], int] = {}
+    slot = [index.setdefault(tuple(seq), len(index)) for seq in sequences]
+    unique = [list(seq) for seq in index]
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     out = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
+    for start in range(0, len(unique), batch_size):
+        chunk = [unique[i] for i in order[start : start + batch_size]]
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -36,7 +43,11 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         out.append(logits[:, 0].float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    if not out:
+        return torch.zeros(0)
+    scores = torch.empty(len(unique))
+    scores[torch.tensor(order)] = torch.cat(out)
+    return scores[torch.tensor(slot)]
 
 
 def reward_stats(scores: torch.Tensor) -> dict[str, float]:
