@@ -1,11 +1,12 @@
 """Stage 2 — reward modeling: learn a scalar score that ranks ``chosen`` above ``rejected``.
 
-    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample/train.jsonl \
+    python reward_modeling.py --model_name_or_path out/sft --dataset_name data/orca_sample/train.jsonl \\
         --output_dir out/rm
-    torchrun --nnodes 1 --nproc_per_node 8 reward_modeling.py --model_name_or_path M --output_dir O \
+    python reward_modeling.py --config rm.yaml            (flags in a YAML file; command-line flags override it)
+    torchrun --nnodes 1 --nproc_per_node 8 reward_modeling.py --model_name_or_path M --output_dir O \\
         --log_level info --num_train_epochs 1 --per_device_train_batch_size 1 --hf_access_token T
     python3 reward_modeling.py ... --use_habana --use_lazy_mode
-    python3 gaudi_spawn.py --world_size 8 --use_mpi reward_modeling.py ... --use_habana --use_lazy_mode \
+    python3 gaudi_spawn.py --world_size 8 --use_mpi reward_modeling.py ... --use_habana --use_lazy_mode \\
         --ddp_find_unused_parameters True
 
 TRL's RewardTrainer on an ``AutoModelForSequenceClassification(num_labels=1)`` with LoRA (r 8, alpha 32,
@@ -19,57 +20,56 @@ The output folder loads with ``AutoModelForSequenceClassification``.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from transformers import HfArgumentParser, set_seed
 
-from rlhf.cli import cpu_only, drop_debug_switch, parse_dataclasses, setup_logging
-from rlhf.data.encoding import encode_split, reward_features
-from rlhf.data.pairs import DataArguments, load_pairs
-from rlhf.data.prompt_format import resolve_prompt_format
-from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
+from rlhf.cli import cpu_only
+from rlhf.data.encoding import reward_features
+from rlhf.errors import UsageError, run_main
 from rlhf.evaluation import preference_metrics
-from rlhf.models.arguments import LoraArguments
-from rlhf.models.loading import load_reward_model, load_tokenizer, resolve_dtype
+from rlhf.models.arguments import DTYPES, ModelArguments
+from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
-from rlhf.outputs.folders import start_output
-from rlhf.outputs.trainer_checkpoints import resolve_resume
-from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment, select_backend
-from rlhf.runtime.distributed import check_quantized_launch
 from rlhf.runtime.precision import default_bf16
 from rlhf.runtime.stack import build_reward_trainer, trainer_config_base
-from rlhf.secrets import HubArguments, protect_secrets
-from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
-from rlhf.stages.guard import TrainingGuard
-from rlhf.stages.saving import save_stage_output
+from rlhf.stages.trainer_stage import Run, TrainerStage, run_trainer_stage
 
 logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
 class ScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "Model to turn into a reward model (base or SFT folder)."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1:
+            raise UsageError(f"--eval_batch_size: expected a positive integer, got {self.eval_batch_size}")
+
+
+@dataclass
+class RewardModelArguments(ModelArguments):
+    """The model to turn into a reward model (base or SFT folder), with the reference's LoRA shape."""
+
     torch_dtype: str | None = field(
         default=None,
         metadata={
-            "help": "Weights dtype when loading: bfloat16, float16, float32, auto. Default: bfloat16 like the "
-            "reference when training in bf16 mixed precision (the frozen base is computed in bf16 anyway), "
-            "float32 otherwise. Trainable parameters (LoRA, score head) are kept in float32."
+            "help": "Weights dtype when loading. Default: bfloat16 like the reference when training in bf16 mixed "
+            "precision (the frozen base is computed in bf16 anyway), float32 otherwise. Trainable parameters (LoRA, "
+            "score head) are kept in float32.",
+            "choices": list(DTYPES),
         },
     )
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
-    peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (reference: 8)."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (reference: 32)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference: 0.1)."})
 
 
 @dataclass
 class RewardArguments(trainer_config_base("reward")):
-    """TRL's RewardConfig (its flags on the Gaudi stack: rlhf.runtime.gaudi) with this project's (and the reference's)
-    defaults."""
+    """TRL's RewardConfig (its flags on the Gaudi stack: rlhf.runtime.gaudi) with this project's (and the
+    reference's) defaults."""
 
     output_dir: str = field(default="out/rm", metadata={"help": "Where the model and checkpoints go."})
     use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
@@ -88,6 +88,7 @@ class RewardArguments(trainer_config_base("reward")):
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory (slower)."}
     )
+    trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code: the model flags'
 
     def __post_init__(self) -> None:
         if self.bf16 is None:  # decided when the flags are parsed (not at import), so the environment counts
@@ -95,116 +96,57 @@ class RewardArguments(trainer_config_base("reward")):
         super().__post_init__()
 
 
-@dataclass
-class RewardLoraArguments(LoraArguments):
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (reference: 8)."})
-    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (reference: 32)."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference: 0.1)."})
+def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
+    """A one-logit classifier on the input model, with LoRA and the new score head trained (float32)."""
+    args = run.model_args
+    model = load_reward_model(
+        args.model_name_or_path,
+        run.tokenizer,
+        token=run.hub.token,
+        dtype=args.dtype or (torch.bfloat16 if run.train_args.bf16 else torch.float32),
+        trust_remote_code=args.trust_remote_code,
+        quantization=run.quantization,
+        flag="model_name_or_path",
+        trained=False,
+    )
+    model = with_lora(model, args.peft_config("SEQ_CLS", modules_to_save=["score"]))
+    upcast_trainable(model)
+    return model, {}
+
+
+def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Strict accuracy, tie rate and margin on the held-out pairs, and the reward statistics PPO normalises with."""
+    # Without held-out rows, the statistics come from (at most 256) training pairs.
+    scored = reward_features(run.eval_rows or run.train_rows[:256])
+    pad, batch = run.tokenizer.pad_token_id, run.script.eval_batch_size
+    chosen = score_sequences(trainer.model, [f["chosen_ids"] for f in scored], pad, batch)
+    rejected = score_sequences(trainer.model, [f["rejected_ids"] for f in scored], pad, batch)
+    heldout = {**preference_metrics(chosen, rejected), "split": "eval" if run.eval_rows else "train_subset"}
+    logger.info(
+        "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f",
+        heldout["pairs"],
+        heldout["split"],
+        heldout["accuracy"],
+        heldout["tie_rate"],
+        heldout["margin_mean"],
+    )
+    stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
+    return {"heldout": heldout}, {STATS_FILE: stats}
+
+
+REWARD_MODEL = TrainerStage(
+    name="reward_model",
+    usage=__doc__,
+    arguments=(ScriptArguments, RewardModelArguments, RewardArguments),
+    features=reward_features,
+    load_model=load_model,
+    build_trainer=build_reward_trainer,  # TRL's RewardTrainer; GaudiRewardTrainer on the Gaudi stack
+    after_training=after_training,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # ------------------------------------------------------------------ arguments
-    adopt_mpi_environment()
-    # TRL's own default (gradient_checkpointing=True) trips transformers 5's rename warning on every run.
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
-    parser = HfArgumentParser(
-        (
-            ScriptArguments,
-            StageArguments,
-            DataArguments,
-            RewardLoraArguments,
-            HubArguments,
-            BackendArguments,
-            RewardArguments,
-        )
-    )
-    script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
-    setup_logging(train_args.log_level)
-    protect_secrets(hub, train_args)
-    backend = select_backend(backend_args)
-    accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
-    if script.peft not in ("lora", "none"):
-        raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
-    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
-    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
-    peft_config = lora_args.peft_config("SEQ_CLS", modules_to_save=["score"]) if script.peft == "lora" else None
-    check_training_flags(train_args, eval_batch_size=script.eval_batch_size)
-    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stages.guard
-    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
-    dtype = resolve_dtype(script.torch_dtype or ("bfloat16" if train_args.bf16 else "float32"))
-
-    # ------------------------------------------------------------------ data
-    split = load_pairs(data_args, hub.token)
-    tokenizer, _ = load_tokenizer(
-        script.tokenizer_name or script.model_name_or_path,
-        token=hub.token,
-        trust_remote_code=train_args.trust_remote_code,
-    )
-    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, script.model_name_or_path)
-    train_enc, eval_enc = encode_split(split, tokenizer, fmt, train_args.max_length)
-    from datasets import Dataset
-
-    train_ds = Dataset.from_list(reward_features(train_enc))
-    eval_ds = Dataset.from_list(reward_features(eval_enc)) if eval_enc else None
-    if eval_ds is None and train_args.eval_strategy != "no":
-        raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
-    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resume is not None)
-
-    # ------------------------------------------------------------------ model
-    set_seed(train_args.seed)  # the new score head and LoRA weights are drawn here: same --seed, same model
-    model = load_reward_model(
-        script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code, peft_config, quantization
-    )
-
-    # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
-    with guard:
-        trainer = build_reward_trainer(  # TRL's RewardTrainer; GaudiRewardTrainer on the Gaudi stack
-            backend,
-            backend_args,
-            model=model,
-            args=train_args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=[guard],
-        )
-        result = guard.train(trainer, resume)
-        if guard.preempted:
-            return EXIT_PREEMPTED  # a checkpoint was written; the log says how to resume
-
-        # -------------------------------------------------------------- held-out metrics and save
-        scored = eval_enc or train_enc[:256]  # without held-out rows, stats come from (at most 256) training pairs
-        features = reward_features(scored)
-        chosen = score_sequences(
-            trainer.model, [f["chosen_ids"] for f in features], tokenizer.pad_token_id, script.eval_batch_size
-        )
-        rejected = score_sequences(
-            trainer.model, [f["rejected_ids"] for f in features], tokenizer.pad_token_id, script.eval_batch_size
-        )
-        heldout = preference_metrics(chosen, rejected)
-        heldout["split"] = "eval" if eval_enc else "train_subset"
-        stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
-        logger.info(
-            "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f",
-            heldout["pairs"],
-            heldout["split"],
-            heldout["accuracy"],
-            heldout["tie_rate"],
-            heldout["margin_mean"],
-        )
-        metrics = {"train": result.metrics, "heldout": heldout, "nonfinite_steps_skipped": guard.nonfinite_steps}
-        save_stage_output(
-            trainer,
-            output_dir,
-            tokenizer,
-            fmt,
-            metrics,
-            stage="reward_model",
-            data_report=split.report,
-            files={STATS_FILE: stats},
-        )
-    return 0
+    return run_trainer_stage(REWARD_MODEL, argv)
 
 
 if __name__ == "__main__":

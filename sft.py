@@ -1,8 +1,9 @@
 """Stage 1 — supervised fine-tuning: teach a base model to answer ``system + question`` with the ``chosen`` answer.
 
     python sft.py --model_name_or_path M --dataset_name data/orca_sample/train.jsonl --output_dir out/sft
-    torchrun --nnodes 1 --nproc_per_node 8 sft.py --model_name_or_path M --bf16 True \
-        --dataset_name Intel/orca_dpo_pairs --dataset_concatenation --per_device_train_batch_size 2 \
+    python sft.py --config sft.yaml                      (flags in a YAML file; command-line flags override it)
+    torchrun --nnodes 1 --nproc_per_node 8 sft.py --model_name_or_path M --bf16 True \\
+        --dataset_name Intel/orca_dpo_pairs --dataset_concatenation --per_device_train_batch_size 2 \\
         --gradient_accumulation_steps 4 --learning_rate 1e-4 --num_train_epochs 3 --output_dir out/sft --peft lora
     accelerate launch --num_processes 8 sft.py ...        (same flags)
     python3 gaudi_spawn.py --world_size 8 --use_mpi sft.py <same flags> --device hpu --use_habana --use_lazy_mode
@@ -10,55 +11,26 @@
 Loss is on the answer tokens only. LoRA by default (``--peft none`` for a full fine-tune). The output folder holds
 a merged model that loads with ``AutoModelForCausalLM``, the adapter in ``adapter/``, the tokenizer (pad distinct
 from EOS), ``prompt_format.json`` (reused by the reward-model and PPO stages), ``metrics.json`` and, written
-last, ``COMPLETE.json``. Every flag is documented by ``python sft.py --help``.
+last, ``COMPLETE.json``.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
-from transformers import HfArgumentParser, set_seed
-
-from rlhf.cli import cpu_only, drop_debug_switch, parse_bool, parse_dataclasses, setup_logging
-from rlhf.data.encoding import encode_split, sft_features
-from rlhf.data.pairs import DataArguments, load_pairs
-from rlhf.data.prompt_format import resolve_prompt_format
-from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
-from rlhf.models.arguments import LoraArguments
-from rlhf.models.loading import (
-    check_causal_lm_folder,
-    check_lora_targets,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_dtype,
-)
-from rlhf.outputs.folders import start_output
-from rlhf.outputs.trainer_checkpoints import resolve_resume
-from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment, select_backend
-from rlhf.runtime.distributed import check_quantized_launch
+from rlhf.cli import cpu_only
+from rlhf.data.encoding import sft_features
+from rlhf.errors import run_main
+from rlhf.models.arguments import ModelArguments
+from rlhf.models.loading import check_causal_lm_folder, check_lora_targets, load_causal_lm
 from rlhf.runtime.precision import default_bf16
 from rlhf.runtime.stack import build_sft_trainer, trainer_config_base
-from rlhf.secrets import HubArguments, protect_secrets
-from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
-from rlhf.stages.guard import TrainingGuard
-from rlhf.stages.saving import save_stage_output
-
-logger = logging.getLogger("sft")
+from rlhf.stages.trainer_stage import Run, TrainerStage, run_trainer_stage
 
 
 @dataclass
 class ScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "Base model: hub name or local folder."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
-    use_fast_tokenizer: str = field(default="true", metadata={"help": "Use the fast (Rust) tokenizer: true/false."})
-    torch_dtype: str | None = field(
-        default=None, metadata={"help": "Weights dtype when loading: auto, bfloat16, float16, float32."}
-    )
-    peft: str = field(default="lora", metadata={"help": "lora (default) or none for a full fine-tune."})
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (CUDA + bitsandbytes)."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the base in 8 bit (CUDA + bitsandbytes)."})
     dataset_concatenation: bool = field(
         default=False,
         metadata={
@@ -66,6 +38,11 @@ class ScriptArguments:
             "answer-only loss is kept)."
         },
     )
+
+
+@dataclass
+class SFTModelArguments(ModelArguments):
+    """The base model; LoRA r 8 / alpha 16 / dropout 0.05 unless given."""
 
 
 @dataclass
@@ -86,6 +63,7 @@ class SFTArguments(trainer_config_base("sft")):
     max_length: int | None = field(
         default=1024, metadata={"help": "Longest prompt + answer in tokens; longer pairs are dropped and counted."}
     )
+    trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code: the model flags'
 
     def __post_init__(self) -> None:
         if self.bf16 is None:  # decided when the flags are parsed (not at import), so the environment counts
@@ -93,85 +71,49 @@ class SFTArguments(trainer_config_base("sft")):
         super().__post_init__()
 
 
-def main(argv: list[str] | None = None) -> int:
-    # ------------------------------------------------------------------ arguments
-    adopt_mpi_environment()
-    # TRL's own default (gradient_checkpointing=True) trips transformers 5's rename warning on every run.
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
-    parser = HfArgumentParser(
-        (ScriptArguments, StageArguments, DataArguments, LoraArguments, HubArguments, BackendArguments, SFTArguments)
-    )
-    script, stage_args, data_args, lora_args, hub, backend_args, train_args = parse_dataclasses(parser, argv)
-    setup_logging(train_args.log_level)
-    protect_secrets(hub, train_args)
-    backend = select_backend(backend_args)
-    accept_legacy_training_flags(train_args, stage_args.evaluation_strategy, hub)
-    if script.peft not in ("lora", "none"):
-        raise UsageError(f"--peft: expected lora or none, got {script.peft!r}")
-    peft_config = lora_args.peft_config("CAUSAL_LM") if script.peft == "lora" else None
-    quantization = backend.quantization_config(script.load_in_4bit, script.load_in_8bit)
-    check_quantized_launch(quantization)  # no QLoRA with FSDP/ZeRO-3
-    if quantization is not None and peft_config is None:
-        raise UsageError("--load_in_4bit/--load_in_8bit: quantized weights cannot be fully fine-tuned; use --peft lora")
-    check_training_flags(train_args)
-    check_causal_lm_folder(script.model_name_or_path, "model_name_or_path")  # not a reward model folder
-    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: see rlhf.stages.guard
-    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
-    train_args.packing = script.dataset_concatenation or train_args.packing
-    if train_args.completion_only_loss is None:
-        train_args.completion_only_loss = True
-    dtype = resolve_dtype(script.torch_dtype)
+def configure(run: Run) -> None:
+    check_causal_lm_folder(run.model_args.model_name_or_path, "model_name_or_path")  # not a reward model folder
+    run.train_args.packing = run.script.dataset_concatenation or run.train_args.packing
+    if run.train_args.completion_only_loss is None:
+        run.train_args.completion_only_loss = True
 
-    # ------------------------------------------------------------------ data
-    split = load_pairs(data_args, hub.token)
-    tokenizer, _ = load_tokenizer(
-        script.tokenizer_name or script.model_name_or_path,
-        token=hub.token,
-        use_fast=parse_bool(script.use_fast_tokenizer, "use_fast_tokenizer"),
-        trust_remote_code=train_args.trust_remote_code,
-    )
-    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, script.model_name_or_path)
-    train_enc, eval_enc = encode_split(split, tokenizer, fmt, train_args.max_length)
-    from datasets import Dataset
 
-    train_ds = Dataset.from_list(sft_features(train_enc))
-    eval_ds = Dataset.from_list(sft_features(eval_enc)) if eval_enc else None
-    if eval_ds is None and train_args.eval_strategy != "no":
-        raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
-    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resume is not None)
-
-    # ------------------------------------------------------------------ model
-    set_seed(train_args.seed)  # new weights (embeddings for an added pad token, LoRA) are drawn: same --seed, same run
+def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
+    """The base model; the trainer wraps it in the LoRA adapter itself."""
+    args = run.model_args
     model = load_causal_lm(
-        script.model_name_or_path, tokenizer, dtype, hub.token, train_args.trust_remote_code, quantization
+        args.model_name_or_path,
+        run.tokenizer,
+        token=run.hub.token,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        quantization=run.quantization,
     )
+    peft_config = args.peft_config("CAUSAL_LM")
     if peft_config is not None:
         check_lora_targets(model, peft_config)
+    return model, {"peft_config": peft_config}
 
-    # ------------------------------------------------------------------ train (a SIGTERM from here on: checkpoint)
-    with guard:
-        trainer = build_sft_trainer(  # TRL's SFTTrainer; GaudiSFTTrainer on the Gaudi stack
-            backend,
-            backend_args,
-            model=model,
-            args=train_args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[guard],
-        )
-        result = guard.train(trainer, resume)
-        if guard.preempted:
-            return EXIT_PREEMPTED  # a checkpoint was written; the log says how to resume
-        metrics = {"train": result.metrics, "nonfinite_steps_skipped": guard.nonfinite_steps}
-        if eval_ds is not None:
-            metrics["eval"] = trainer.evaluate()
 
-        # -------------------------------------------------------------- save
-        save_stage_output(trainer, output_dir, tokenizer, fmt, metrics, stage="sft", data_report=split.report)
-    return 0
+def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loss on the held-out pairs, when there are any."""
+    return ({"eval": trainer.evaluate()} if run.eval_rows else {}), {}
+
+
+SFT = TrainerStage(
+    name="sft",
+    usage=__doc__,
+    arguments=(ScriptArguments, SFTModelArguments, SFTArguments),
+    features=sft_features,
+    load_model=load_model,
+    build_trainer=build_sft_trainer,  # TRL's SFTTrainer; GaudiSFTTrainer on the Gaudi stack
+    configure=configure,
+    after_training=after_training,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_trainer_stage(SFT, argv)
 
 
 if __name__ == "__main__":

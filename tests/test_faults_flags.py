@@ -52,7 +52,7 @@ COMMON = {
     "split_nan": (["--validation_split_percentage", "nan"], ["--validation_split_percentage", "nan"], EARLY),
     "max_train_samples_negative": (["--max_train_samples", "-1"], ["--max_train_samples"], EARLY),
     "max_train_samples_zero": (["--max_train_samples", "0"], ["--max_train_samples"], EARLY),
-    "unknown_peft": (["--peft", "qlora"], ["--peft", "lora or none", "qlora"], EARLY),
+    "unknown_peft": (["--peft", "qlora"], ["--peft", "invalid choice", "qlora", "lora", "none"], EARLY),
     "unknown_prompt_template": (
         ["--prompt_template", "alpaca"],
         ["--prompt_template", "auto, chat, plain, raw"],

@@ -362,10 +362,11 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--max_length 512 --completion_only_loss True"
     ).split()
     parser = HfArgumentParser(
-        (sft.ScriptArguments, StageArguments, DataArguments, sft.LoraArguments, HubArguments, BackendArguments)
+        (sft.ScriptArguments, sft.SFTModelArguments, StageArguments, DataArguments, HubArguments, BackendArguments)
         + (sft.SFTArguments,)
     )
-    script, stage, _, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    script, model, stage, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    assert model.use_fast_tokenizer is False and model.peft == "lora"
     assert script.dataset_concatenation and stage.overwrite_output_dir and stage.evaluation_strategy == "no"
     assert backend.use_habana and backend.use_lazy_mode and backend.device == "hpu"
     assert train.max_length == 512 and train.completion_only_loss is True and train.num_train_epochs == 3
@@ -376,7 +377,7 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--gaudi_config_name Habana/gpt2"
     ).split()
     parser = HfArgumentParser(
-        (reward_modeling.ScriptArguments, StageArguments, DataArguments, reward_modeling.RewardLoraArguments)
+        (reward_modeling.ScriptArguments, reward_modeling.RewardModelArguments, StageArguments, DataArguments)
         + (HubArguments, BackendArguments, reward_modeling.RewardArguments)
     )
     *_, backend, train = parser.parse_args_into_dataclasses(args=rm_argv)

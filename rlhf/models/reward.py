@@ -77,3 +77,33 @@ class RewardScorer:
         ``responses`` end with the EOS text when the policy stopped."""
         sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
         return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))
+
+
+def load_scorer(
+    name: str,
+    *,
+    token: str | None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quantization: Any | None = None,
+    device: Any = None,
+    fallback_format: PromptFormat | None = None,
+    flag: str = "reward_model_name",
+) -> RewardScorer:
+    """A trained reward model, frozen, with its own tokenizer and the prompt format it was trained on (its
+    ``prompt_format.json``; ``fallback_format`` for a model without one)."""
+    from rlhf.data.prompt_format import resolve_prompt_format
+    from rlhf.models.loading import frozen, load_reward_model, load_tokenizer
+
+    tokenizer = load_tokenizer(name, token, trust_remote_code=trust_remote_code)
+    model = load_reward_model(
+        name,
+        tokenizer,
+        token=token,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        quantization=quantization,
+        flag=flag,
+    )
+    fmt = PromptFormat.load(name) or fallback_format or resolve_prompt_format("auto", tokenizer, None)
+    return RewardScorer(frozen(model, device), tokenizer, fmt)

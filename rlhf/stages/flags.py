@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.errors import UsageError
-from rlhf.secrets import HubArguments
 
 logger = logging.getLogger("rlhf.stages.flags")
 
@@ -33,7 +32,7 @@ class StageArguments:
     )
 
 
-def accept_legacy_training_flags(train_args: Any, evaluation_strategy: str | None, hub: HubArguments) -> None:
+def accept_legacy_training_flags(train_args: Any, evaluation_strategy: str | None) -> None:
     """Map flags the reference command line uses and newer transformers renamed."""
     if evaluation_strategy is not None:
         from transformers.trainer_utils import IntervalStrategy
