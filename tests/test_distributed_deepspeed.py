@@ -129,7 +129,7 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
     assert "auto" not in json.dumps(config)
     parsed = DeepSpeedConfig(config)
     assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (2, 3)
-    assert parsed.train_batch_size == 2 and parsed.gradient_clipping == 1.0
+    assert parsed.train_batch_size == 2 * 3 and parsed.gradient_clipping == 1.0
 
 
 def test_adafactor_with_a_config_that_brings_its_optimizer_is_refused():

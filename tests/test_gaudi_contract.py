@@ -346,10 +346,9 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
     """The reference's Gaudi command lines (SPEC.md) parse on this stack: TRL 1.x names, legacy names, Gaudi flags."""
     from transformers import HfArgumentParser
 
-    import reward_modeling
-    import sft
     from rlhf.data.pairs import DataArguments
     from rlhf.runtime.backend import BackendArguments
+    from rlhf.scripts import reward_modeling, sft
     from rlhf.secrets import HubArguments
     from rlhf.stages.flags import StageArguments
 
@@ -390,9 +389,9 @@ def test_training_arguments_on_an_hpu(tmp_path):
     from optimum.habana import GaudiTrainingArguments
     from transformers import HfArgumentParser
 
-    import reward_modeling
     from rlhf.runtime.backend import Backend, BackendArguments
     from rlhf.runtime.gaudi import gaudi_training_kwargs
+    from rlhf.scripts import reward_modeling
 
     argv = ["--output_dir", str(tmp_path), "--learning_rate", "2e-5", "--ddp_find_unused_parameters", "True"]
     argv += ["--use_habana", "--use_lazy_mode", "--gaudi_config_name", "Habana/llama", "--bf16", "True"]

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_training import PPOModelArguments
 from rlhf.data.prompt_format import PromptFormat
 from rlhf.models.reward import RewardScorer
 from rlhf.ppo.config import MIN_RESPONSE_LENGTH, PPOConfig
 from rlhf.ppo.engine import PPOEngine
 from rlhf.ppo.models import PolicyWithValue, position_ids_from_mask, response_logprobs
 from rlhf.runtime.distributed import all_finite
+from rlhf.scripts.rl_training import PPOModelArguments
 from tiny import ORCA_ROWS, build_llama, build_tokenizer
 
 # Log-probs/values of the same tokens computed in differently shaped batches (other rows, other padding) agree to

@@ -86,8 +86,8 @@ def test_a_bf16_base_with_float32_trainable_weights_runs_without_autocast(tiny_d
     still gets float32 input: the forward and backward run, and the gradients are float32."""
     from transformers import AutoTokenizer
 
-    from reward_modeling import RewardModelArguments
     from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
+    from rlhf.scripts.reward_modeling import RewardModelArguments
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     args = RewardModelArguments(model_name_or_path=str(tiny_dir), peft="lora" if peft else "none")

@@ -239,7 +239,6 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
         "val/ratio_var",
         "lr",
         "episode",
-        "eps",
         "val/ratio",
         "val/num_eos_tokens",
         "env/reward_mean",
@@ -248,6 +247,7 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
     ):
         assert key in rows[0], key
     assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["lr"] == 1.4e-5 and rows[0]["episode"] == 8
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["eps"] > 0  # episodes per second
     assert 32 <= rows[0]["tokens/responses_len_mean"] < 128
     final = out / "final"
     assert (final / COMPLETE_MARKER).is_file() and (final / "model.safetensors").is_file()

@@ -27,7 +27,8 @@ class StageArguments:
         metadata={
             "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
             "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
-            "weights never take a non-finite update and are never saved holding NaN/inf."
+            "weights never take a non-finite update and are never saved holding NaN/inf.",
+            "choices": ["stop", "skip"],
         },
     )
 
