@@ -122,3 +122,27 @@ def test_bad_config_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --config {bad}: missing key 'output'"
     assert ROOT.is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- the config
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"sft": "--max_steps 3"}, "'sft' must be a list of strings, one item per flag or value, got the string"),
+        ({"rm": ["--max_steps", 3]}, "'rm'[1] must be a string, got number 3 (write it as the string \"3\")"),
+        ({"ppo": ["--steps 4"]}, "'ppo'[0] '--steps 4': a flag and its value are two items of the list"),
+        ({"eval": {"--num_prompts": "4"}}, "'eval' must be a list of strings, got object"),
+        ({"rm3": []}, "unknown key 'rm3' (known keys: model, dataset, heldout, output, sft, rm, rm2, ppo, eval)"),
+        ({"model": ["m"]}, "'model' must be a non-empty string, got list [\"m\"]"),
+    ],
+)
+def test_config_values_are_type_checked_with_one_line_errors(tmp_path, config, message):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "m", "dataset": "d", "output": str(tmp_path / "o"), **config}))
+    result = _pipeline("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --config {path}: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() and "$ " not in result.stdout  # refused before any stage ran

@@ -6,9 +6,10 @@ Each stage's exact command line is printed before it runs, so any stage can be r
 output is already complete (``COMPLETE.json``) is skipped; ``--force`` reruns everything, ``--from_stage S`` reruns
 S and the stages after it. The stage scripts are the source of truth: this runner owns no training logic.
 
-The config is JSON: ``model`` (base model: hub name or folder), ``dataset``, ``output`` (folder), and per stage a
-list of extra flags (``sft``, ``rm``, ``ppo``, ``eval``); ``rm2`` (optional) trains a second reward model
-that PPO never sees, used by the evaluation as an independent judge; ``heldout`` names the evaluation data.
+The config is JSON: ``model`` (base model: hub name or folder), ``dataset``, ``output`` (folder), ``heldout``
+(evaluation data, default ``dataset``) and per stage a list of extra flags (``sft``, ``rm``, ``rm2``, ``ppo``,
+``eval``), checked before any stage runs. ``rm2`` (optional) trains a second reward model that PPO never sees, used
+by the evaluation as an independent judge.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,11 +26,77 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: the stage scripts live there
 
 
 STAGES = ("sft", "rm", "rm2", "ppo", "eval", "report")
+
+# ---------------------------------------------------------------------------------------------------- the config
+
+FLAG_KEYS = ("sft", "rm", "rm2", "ppo", "eval")  # each: a list of extra flags for that stage's script
+PATH_KEYS = ("model", "dataset", "heldout", "output")
+REQUIRED_KEYS = ("model", "dataset", "output")
+CONFIG_KEYS = (*PATH_KEYS, *FLAG_KEYS)
+
+
+class ConfigError(Exception):
+    """A config problem: reported as ``error: --config FILE: <message>`` (exit 2) before any stage runs."""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: bool is an int in Python, not in JSON
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def load_config(path: str, overrides: dict[str, str | None]) -> dict[str, Any]:
+    """Read and check the config; ``overrides`` (``--model`` ...) replace the file's values before the checks."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise ConfigError(str(err)) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"expected a JSON object, got a {_json_type(config)}")
+    config.update({key: value for key, value in overrides.items() if value is not None})
+    unknown = [key for key in config if key not in CONFIG_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown key {', '.join(map(repr, unknown))} (known keys: {', '.join(CONFIG_KEYS)})")
+    for key in REQUIRED_KEYS:
+        if key not in config:
+            raise ConfigError(f"missing key '{key}'")
+    for key in PATH_KEYS:
+        value = config.get(key, "")
+        if key in config and not (isinstance(value, str) and value.strip()):
+            raise ConfigError(f"'{key}' must be a non-empty string, got {_json_type(value)} {json.dumps(value)}")
+    for key in FLAG_KEYS:
+        if key in config:
+            _check_flag_list(key, config[key])
+    return config
+
+
+def _check_flag_list(key: str, flags: Any) -> None:
+    """A stage's flags are a list of strings, one per command-line token, exactly as a shell would pass them."""
+    if isinstance(flags, str):  # iterating it would pass one flag per character
+        raise ConfigError(f"'{key}' must be a list of strings, one item per flag or value, got the string {flags!r}")
+    if not isinstance(flags, list):
+        raise ConfigError(f"'{key}' must be a list of strings, got {_json_type(flags)} {json.dumps(flags)}")
+    for index, item in enumerate(flags):
+        if not isinstance(item, str):
+            kind, text = _json_type(item), json.dumps(item)
+            # Refused, not converted: str() of a JSON number or boolean is not always what the script expects.
+            hint = f' (write it as the string "{text}")' if kind in ("number", "boolean") else ""
+            raise ConfigError(f"'{key}'[{index}] must be a string, got {kind} {text}{hint}")
+        if item.startswith("--") and re.search(r"\s", item.split("=", 1)[0]):
+            raise ConfigError(f"'{key}'[{index}] {item!r}: a flag and its value are two items of the list")
+
+
+# ---------------------------------------------------------------------------------------------------- the stages
 
 
 @dataclass
@@ -161,16 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        config = json.loads(Path(args.config).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        config = load_config(args.config, {key: getattr(args, key) for key in ("model", "dataset", "output")})
+    except ConfigError as err:
         print(f"error: --config {args.config}: {err}", file=sys.stderr)
         return 2
-    for key in ("model", "dataset", "output"):
-        if getattr(args, key):
-            config[key] = getattr(args, key)
-        if key not in config:
-            print(f"error: --config {args.config}: missing key '{key}'", file=sys.stderr)
-            return 2
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
