@@ -1,5 +1,5 @@
 """The pipeline runner chains the stage scripts, records what each ran, skips only what still matches the config,
-resumes an interrupted stage, and checks its config."""
+resumes an interrupted stage, checks its config, and keeps the second reward model independent of the first."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_script
-from rlhf.pipeline.runner import Stage, plan, redact_argv
+from rlhf.pipeline.runner import Stage, plan, redact_argv, split_for_judges
 from tiny import ORCA_ROWS, write_rows
 
 FAST = {
@@ -219,16 +219,70 @@ def with_rm2(finished_run, tiny_dir):
 def test_a_changed_config_reruns_that_stage_and_the_later_ones_saying_why(with_rm2):
     tmp, _, stamps, result = with_rm2
     assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp / "out"
+    out, pairs = tmp / "out", tmp / "pairs.jsonl"
     section = _sections(result.stdout)
     assert "skipped:" in section["sft"]
     assert (out / "sft" / "COMPLETE.json").read_text() == stamps["sft"]
-    assert "   rerun: its command changed: --max_steps 2 -> 3\n" in section["rm"]
+    # rm: its own flag changed, and with rm2 in the config it reads its own part of the rows, with an explicit seed.
+    changed = f"--dataset_name {pairs} -> {out / 'data' / 'rm.jsonl'}, --max_steps 2 -> 3, --seed 42 (added)"
+    assert f"   rerun: its command changed: {changed}\n" in section["rm"]
     assert (out / "rm" / "COMPLETE.json").read_text() != stamps["rm"]
     assert json.loads(_rows(out / "rm" / "log_history.jsonl")[-1])["step"] == 3
     assert "   rerun: rm was rerun; rm2 is new\n" in section["ppo"]  # every stage after a rerun one reruns
     rm_record, ppo_record = _record(out, "rm"), _record(out, "ppo")
     assert ppo_record["id"] != stamps["ppo"] and ppo_record["inputs"]["stages"]["rm"] == rm_record["id"]
+
+
+def test_rm2_trains_on_rows_disjoint_from_rm_with_its_own_seed(with_rm2):
+    tmp, _, _, result = with_rm2
+    assert result.returncode == 0, result.stderr[-3000:]
+    out, pairs = tmp / "out", tmp / "pairs.jsonl"
+    rm_rows, rm2_rows = _rows(out / "data" / "rm.jsonl"), _rows(out / "data" / "rm2.jsonl")
+    assert not set(rm_rows) & set(rm2_rows)
+    assert sorted(rm_rows + rm2_rows) == sorted(json.dumps(json.loads(line)) for line in _rows(pairs))
+    assert len(rm_rows) > 10 and len(rm2_rows) > 10  # about half each
+    for name, rows, seed in (("rm", rm_rows, "42"), ("rm2", rm2_rows, "43")):
+        argv = _record(out, name)["argv"]
+        assert argv[argv.index("--dataset_name") + 1] == str(out / "data" / f"{name}.jsonl")
+        assert argv[argv.index("--seed") + 1] == seed
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["data"] == f"data: {len(rows)} rows, all usable"  # what the stage itself read
+        assert metrics["heldout"]["split"] == "eval" and metrics["heldout"]["pairs"] >= 1  # its own held-out rows
+
+
+def test_a_row_keeps_its_side_when_the_dataset_is_edited(tmp_path):
+    rows = [dict(r, question=f"{r['question']} ({i})") for i in range(10) for r in ORCA_ROWS]
+    files = {"rm": tmp_path / "rm.jsonl", "rm2": tmp_path / "rm2.jsonl"}
+    split_for_judges(str(write_rows(tmp_path / "before.jsonl", rows)), files, [])
+    before = {name: set(_rows(path)) for name, path in files.items()}
+    # A row inserted at the top, one removed in the middle, one repeated at the end: every position shifts.
+    new = dict(ORCA_ROWS[0], question="A question added at the top")
+    edited = [new, *rows[:5], *rows[6:], rows[3]]
+    split_for_judges(str(write_rows(tmp_path / "after.jsonl", edited)), files, [])
+    after = {name: set(_rows(path)) for name, path in files.items()}
+    removed = {json.dumps(rows[5])}
+    assert before["rm"] - after["rm"] == before["rm"] & removed  # no row changed sides
+    assert before["rm2"] - after["rm2"] == before["rm2"] & removed
+    assert not after["rm"] & after["rm2"]  # the repeated row went where its first copy is
+
+
+def test_rm2_flags_that_would_undo_its_independence_are_refused(tmp_path):
+    cases = {
+        "--dataset_name": (
+            {"rm2": ["--dataset_name", "other.jsonl"]},
+            "'rm2': --dataset_name is set by the pipeline: each reward model reads its own part of 'dataset', "
+            "disjoint from the other's",
+        ),
+        "abbreviated": ({"rm2": ["--dataset_n=x"]}, "'rm2': --dataset_n (--dataset_name) is set by the pipeline"),
+        "same seed": ({"rm": ["--seed", "7"], "rm2": ["--seed=7"]}, "'rm2': --seed 7 is rm's seed too"),
+    }
+    for name, (stages, message) in cases.items():
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"model": "m", "dataset": "d.jsonl", "output": str(tmp_path / "o"), **stages}))
+        result = _pipeline("--config", str(path))
+        assert result.returncode == 2, name
+        assert result.stderr.startswith(f"error: --config {path}: {message}"), (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists(), name
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -287,7 +341,7 @@ def test_a_checkpoint_is_resumed_only_by_the_command_that_made_it(tmp_path):
     shutil.rmtree(stage.clean / "checkpoint-2")
     assert plan(stage, record, inputs, None) == (
         "fresh",
-        f"rerun: {stage.clean} is incomplete and holds no complete checkpoint to resume from",
+        f"rerun: {stage.clean} is incomplete and holds no complete checkpoint",
     )
 
 

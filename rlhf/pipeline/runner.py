@@ -14,7 +14,7 @@ this runner owns no training logic.
 The config is JSON: ``model`` (base model: hub name or folder), ``dataset``, ``output`` (folder), ``heldout``
 (evaluation data, default ``dataset``) and per stage a list of extra flags (``sft``, ``rm``, ``rm2``, ``ppo``,
 ``eval``). ``rm2`` (optional) trains a second reward model that PPO never sees, used by the evaluation as an
-independent judge.
+independent judge; the pipeline gives it rows disjoint from ``rm``'s and its own seed (README, Whole pipeline).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import EXIT_PREEMPTED
+from rlhf.errors import EXIT_PREEMPTED, UsageError
 from rlhf.outputs.folders import COMPLETE_MARKER, is_complete
 from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint
 
@@ -52,6 +53,7 @@ FLAG_KEYS = ("sft", "rm", "rm2", "ppo", "eval")  # each: a list of extra flags f
 PATH_KEYS = ("model", "dataset", "heldout", "output")
 REQUIRED_KEYS = ("model", "dataset", "output")
 CONFIG_KEYS = (*PATH_KEYS, *FLAG_KEYS)
+RM_SEED = 42  # what the pipeline passes to rm when the config names no seed and rm2 needs a different one
 
 
 class ConfigError(Exception):
@@ -109,6 +111,27 @@ def _check_flag_list(key: str, flags: Any) -> None:
             raise ConfigError(f"'{key}'[{index}] {item!r}: a flag and its value are two items of the list")
 
 
+def last_value(flags: list[str], name: str) -> str | None:
+    """The value the script will see for ``name`` (``--name V`` or ``--name=V``; the last one wins, as in argparse)."""
+    value = None
+    for index, token in enumerate(flags):
+        if token == name and index + 1 < len(flags):
+            value = flags[index + 1]
+        elif token.startswith(name + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _seed(key: str, flags: list[str]) -> int | None:
+    value = last_value(flags, "--seed")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"'{key}': --seed expects an integer, got {value!r}") from None
+
+
 # ---------------------------------------------------------------------------------------------------- the stages
 
 
@@ -129,28 +152,54 @@ class Stage:
         return own + (["--resume_from_checkpoint"] if self.checkpoints else [])
 
 
+def judge_files(output: str | Path) -> dict[str, Path]:
+    """Where the pipeline writes the rows each reward model reads when there are two (``split_for_judges``)."""
+    return {name: Path(output) / "data" / f"{name}.jsonl" for name in ("rm", "rm2")}
+
+
+def judge_seeds(config: dict) -> dict[str, list[str]]:
+    """The ``--seed`` flags the pipeline adds so that rm2's seed differs from rm's (none without ``rm2``)."""
+    if "rm2" not in config:
+        return {"rm": [], "rm2": []}
+    rm_seed, rm2_seed = _seed("rm", config.get("rm", [])), _seed("rm2", config["rm2"])
+    seeds: dict[str, list[str]] = {"rm": [], "rm2": []}
+    if rm_seed is None:
+        rm_seed = RM_SEED
+        seeds["rm"] = ["--seed", str(rm_seed)]  # explicit, so rm2's can differ without knowing the scripts' default
+    if rm2_seed is None:
+        seeds["rm2"] = ["--seed", str(rm_seed + 1)]
+    elif rm2_seed == rm_seed:
+        raise ConfigError(f"'rm2': --seed {rm2_seed} is rm's seed too; rm2 needs its own (or leave it out)")
+    return seeds
+
+
 def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
     """The command line of every stage, from a checked config; ``rm2`` runs only when the config has an ``rm2`` entry.
 
-    Raises ConfigError for config flags that would override what the pipeline sets.
+    With ``rm2``, the two reward models read disjoint parts of the dataset (``split_for_judges``) with different
+    seeds: the judge's independence is made here, whatever the config's flags. Raises ConfigError for config flags
+    that would override what the pipeline sets.
     """
     out = Path(config["output"])
     model, data = config["model"], config["dataset"]
     heldout = config.get("heldout", data)
     sft, rm, rm2, ppo, ev = out / "sft", out / "rm", out / "rm2", out / "ppo", out / "eval"
+    judges = "rm2" in config
+    rm_data = {name: str(path) for name, path in judge_files(out).items()} if judges else {"rm": data}
+    seeds = judge_seeds(config)
 
     def stage(name: str, script: list[str], own: list[str], **kwargs: Any) -> Stage:
         extra = list(config.get(name, []))
         return Stage(name, [python, *script, *own, *extra], extra, **kwargs)
 
-    def trainer_stage(name: str, script: str, base: str, dataset: str) -> Stage:
+    def trainer_stage(name: str, script: str, base: str, dataset: str, own: Sequence[str] = ()) -> Stage:
         """SFT and reward-model stages share one command shape; a finished folder is replaced on a rerun."""
         folder = out / name
         flags = ["--model_name_or_path", base, "--dataset_name", dataset, "--output_dir", str(folder)]
         return stage(
             name,
             [str(ROOT / script)],
-            [*flags, "--overwrite_output_dir"],
+            [*flags, "--overwrite_output_dir", *own],
             output=folder,
             clean=folder,
             checkpoints="trainer",
@@ -159,11 +208,11 @@ def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
 
     stages = [
         trainer_stage("sft", "sft.py", model, data),
-        trainer_stage("rm", "reward_modeling.py", str(sft), data),
+        trainer_stage("rm", "reward_modeling.py", str(sft), rm_data["rm"], seeds["rm"]),
     ]
     judge = []
-    if "rm2" in config:
-        stages.append(trainer_stage("rm2", "reward_modeling.py", str(sft), data))
+    if judges:
+        stages.append(trainer_stage("rm2", "reward_modeling.py", str(sft), rm_data["rm2"], seeds["rm2"]))
         judge = ["--second_reward_model", str(rm2)]
     ppo_flags = ["--model_name", str(sft), "--reward_model_name", str(rm), "--dataset_name", data]
     eval_flags = ["--sft_model", str(sft), "--ppo_model", str(ppo / "final"), "--reward_model", str(rm), *judge]
@@ -189,11 +238,11 @@ def build_stages(config: dict, python: str = sys.executable) -> list[Stage]:
         Stage("report", [python, "-m", "rlhf.pipeline.report", "--run", str(out)], [], None, out / "report.md"),
     ]
     for each in stages:
-        _check_own_flags(each)
+        _check_own_flags(each, judges)
     return stages
 
 
-def _check_own_flags(stage: Stage) -> None:
+def _check_own_flags(stage: Stage, judges: bool) -> None:
     own = stage.own_flags
     for token in stage.extra:
         name = token.split("=", 1)[0]
@@ -201,7 +250,9 @@ def _check_own_flags(stage: Stage) -> None:
         hit = next((flag for flag in own if token.startswith("--") and len(name) > 3 and flag.startswith(name)), None)
         if hit is None:
             continue
-        if hit == "--dataset_name":
+        if hit == "--dataset_name" and judges and stage.name in ("rm", "rm2"):
+            why = "each reward model reads its own part of 'dataset', disjoint from the other's"
+        elif hit == "--dataset_name":
             why = "use the top-level 'dataset' (or 'heldout' for eval)"
         elif hit == "--output_dir":
             why = "use the top-level 'output'"
@@ -211,6 +262,42 @@ def _check_own_flags(stage: Stage) -> None:
             why = "the pipeline chains each stage to the outputs before it"
         shown = name if name == hit else f"{name} ({hit})"
         raise ConfigError(f"'{stage.name}': {shown} is set by the pipeline: {why}")
+
+
+# ---------------------------------------------------------------------------------------------------- rm2's rows
+
+
+def split_for_judges(dataset: str, files: dict[str, Path], rm_flags: list[str]) -> None:
+    """Write the rows ``rm`` and ``rm2`` read: each row of the dataset goes to one of them, never to both.
+
+    A row's side is decided by its content alone (a bit of its sha256), not by its position: identical rows land on
+    the same side, and a row stays on its side when the dataset is edited, so a model rerun on the new files never
+    meets a row the other one trained on. Both files keep the dataset's order and every column (the column flags of
+    the reward-model stages still apply); each model holds out the first ``--validation_split_percentage`` % of
+    its own file, rows the other model never sees either. A file is rewritten only when its content changes.
+    """
+    from rlhf.data.pairs import load_hub, load_local, looks_local
+
+    name = str(Path(dataset).expanduser()) if dataset.startswith("~") else dataset
+    if looks_local(name):
+        source = load_local(Path(name))
+    else:  # a hub dataset: the split and token rm would use
+        split, token = last_value(rm_flags, "--dataset_split") or "train", last_value(rm_flags, "--hf_access_token")
+        source = load_hub(name, split, token)
+    sides: dict[str, list[str]] = {"rm": [], "rm2": []}
+    for row in source.rows:
+        key = json.dumps(row, sort_keys=True, default=str)
+        side = "rm" if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else "rm2"
+        # ASCII escapes: a lone surrogate in the data stays valid JSON, for the stage to count and drop.
+        sides[side].append(json.dumps(row, default=str) + "\n")
+    for side, lines in sides.items():
+        path, text = files[side], "".join(lines)
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -401,7 +488,8 @@ def plan(stage: Stage, record: dict[str, Any] | None, inputs: dict[str, Any], fo
         return RESUME_RUN, f"resuming from {checkpoint}: the last run of this command did not complete"
     if record is None and not stage.clean.exists():
         return FRESH, ""  # a first run: nothing to explain
-    why = "; ".join(changes) or f"{stage.output} is incomplete and holds no complete checkpoint to resume from"
+    incomplete = f"{stage.output} is incomplete" + (" and holds no complete checkpoint" if stage.checkpoints else "")
+    why = "; ".join(changes) or incomplete
     if checkpoint is not None and not done:
         why += f"; not resuming from {checkpoint}: it predates that change"
     return FRESH, f"rerun: {why}"
@@ -546,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s for s in configured if s.name in wanted]
     names = [s.name for s in stages]
     rerun_from = names.index(args.from_stage) if args.from_stage in names else len(stages)
+    split_done = "rm2" not in config  # with two reward models, their rows are written before the first of them
     started = time.time()
     with SigtermRelay() as relay:
         for index, stage in enumerate(stages):
@@ -554,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_PREEMPTED
             banner = f"== stage {index + 1}/{len(stages)}: {stage.name} "
             print("\n" + banner + "=" * max(0, 78 - len(banner)), flush=True)
+            if stage.name in ("rm", "rm2") and not split_done:
+                try:
+                    split_for_judges(config["dataset"], judge_files(out), config.get("rm", []))
+                except UsageError as err:
+                    print(f"\nPIPELINE FAILED at stage '{stage.name}': splitting the dataset: {err}", file=sys.stderr)
+                    return 2
+                split_done = True
             forced = "--force" if args.force else (f"--from_stage {args.from_stage}" if index >= rerun_from else None)
             code = execute(stage, configured, out, forced, relay)
             if code != 0:
