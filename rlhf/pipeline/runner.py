@@ -292,12 +292,8 @@ def split_for_judges(dataset: str, files: dict[str, Path], rm_flags: list[str]) 
         sides[side].append(json.dumps(row, default=str) + "\n")
     for side, lines in sides.items():
         path, text = files[side], "".join(lines)
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+            write_whole(path, text)
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -356,7 +352,8 @@ def record_path(output: str | Path, name: str) -> Path:
     return Path(output) / "pipeline" / f"{name}.json"
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A record or a COMPLETE.json marker; None when absent or unreadable (then it counts for nothing)."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -364,11 +361,16 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def write_record(path: Path, record: dict[str, Any]) -> None:
+def write_whole(path: Path, text: str) -> None:
+    """Written under a temporary name and renamed: a record or a data file is whole or absent, never cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # a record is whole or absent
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    write_whole(path, json.dumps(record, indent=2) + "\n")
 
 
 def current_inputs(stage: Stage, stages: list[Stage], output: str | Path) -> dict[str, Any]:
@@ -377,7 +379,7 @@ def current_inputs(stage: Stage, stages: list[Stage], output: str | Path) -> dic
     files = {path: fingerprint(path) for path in stage.reads}
     runs = {}
     for other in earlier:
-        record = read_record(record_path(output, other.name))
+        record = read_json_object(record_path(output, other.name))
         runs[other.name] = record.get("id") if record and record.get("status") == "complete" else None
     return {"files": {k: v for k, v in files.items() if v is not None}, "stages": runs}
 
@@ -464,7 +466,7 @@ def latest_checkpoint(stage: Stage) -> Path | None:
         found = []
         for path in stage.clean.iterdir():
             if (path.name.startswith("step_") or path.name == "final") and is_complete(path):
-                marker = read_record(path / COMPLETE_MARKER) or {}
+                marker = read_json_object(path / COMPLETE_MARKER) or {}
                 found.append((marker.get("step", -1), path.name))
         return stage.clean / max(found)[1] if found else None
     return None
@@ -561,7 +563,7 @@ def execute(stage: Stage, configured: list[Stage], out: Path, forced: str | None
     else the pipeline's exit code."""
     record_file = record_path(out, stage.name)
     inputs = current_inputs(stage, configured, out)
-    action, note = plan(stage, read_record(record_file), inputs, forced)
+    action, note = plan(stage, read_json_object(record_file), inputs, forced)
     argv = stage.argv + (RESUME if action == RESUME_RUN else [])
     shown = redact_argv(argv)
     print("$ " + shlex.join(shown), flush=True)
