@@ -61,7 +61,11 @@ COMMON = {
     "unknown_dtype": (["--torch_dtype", "int8"], ["--torch_dtype", "int8"], EARLY),
     "lora_rank_zero": (["--lora_rank", "0"], ["--lora_rank"], EARLY),
     "lora_dropout_above_one": (["--lora_dropout", "1.5"], ["--lora_dropout"], EARLY),
-    "unknown_nonfinite_policy": (["--nonfinite_loss", "ignore"], ["--nonfinite_loss", "invalid choice", "ignore", "'stop', 'skip'"], EARLY),
+    "unknown_nonfinite_policy": (
+        ["--nonfinite_loss", "ignore"],
+        ["--nonfinite_loss", "invalid choice", "ignore", "'stop', 'skip'"],
+        EARLY,
+    ),
     "eval_strategy_without_eval_rows": (
         ["--eval_strategy", "steps", "--validation_split_percentage", "0"],
         ["--eval_strategy needs eval rows"],

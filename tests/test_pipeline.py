@@ -15,7 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, run_script
-from rlhf.pipeline.runner import Stage, plan, redact_argv, split_for_judges
+from rlhf.pipeline.records import plan, redact_argv
+from rlhf.pipeline.stages import Stage, split_for_judges
 from tiny import ORCA_ROWS, write_rows
 
 FAST = {
@@ -140,7 +141,7 @@ def test_a_failing_stage_stops_the_pipeline_with_its_name_command_and_log(tmp_pa
     result = _pipeline("--config", config)
     assert result.returncode == 2
     assert "PIPELINE FAILED at stage 'sft'" in result.stderr
-    assert "command: " in result.stderr and "sft.py" in result.stderr
+    assert "command: " in result.stderr and "rlhf.scripts.sft" in result.stderr
     assert "no such file or folder" in result.stderr  # the stage's own error line, from the log tail
     assert not (tmp_path / "out" / "rm").exists()  # later stages never ran
     # The token is never printed or recorded; the record of a failed stage never says complete.

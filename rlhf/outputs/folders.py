@@ -146,3 +146,11 @@ def mark_complete(output_dir: str | Path, info: dict[str, Any]) -> None:
     tmp = out / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / COMPLETE_MARKER)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """A small file (a record, a data file) written under a temporary name and renamed: whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
