@@ -1,14 +1,97 @@
-"""Command-line plumbing of the stage scripts: dataclass flags, loose booleans, logging."""
+"""Command-line plumbing of the scripts: dataclass flags (``HfArgumentParser``) with ``--config file.yaml``,
+one-line errors for bad values, the traceback switch, logging."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UsageError
 
-logger = logging.getLogger("rlhf.cli")
+
+def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None, usage: str | None = None) -> tuple:
+    """Parse ``argv`` into one instance of each dataclass, like TRL's scripts.
+
+    ``--config FILE`` (YAML or JSON: flag names without dashes as keys) gives values that the command line then
+    overrides. ``usage`` (the script's docstring) opens ``--help``. Any problem, from a mistyped flag to an
+    impossible value, is a one-line usage error naming it.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, description=usage, formatter_class=_HelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of flag values; command-line flags win.")
+    args = sys.argv[1:] if argv is None else list(argv)
+    config = _config_path(args)
+    if config is not None:
+        _apply_config(parser, config)
+    return parse_dataclasses(parser, args)
+
+
+def _config_path(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise UsageError("--config: expected a file name")
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """The file's values become the parser's defaults, so a flag on the command line still wins; string values are
+    converted by argparse exactly as if typed on the command line."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UsageError(f"--config {path}: {where}not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(str(key))
+        if action is None or key in ("config", "help"):
+            raise UsageError(f"--config {path}: unknown flag {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)) and action.nargs not in ("+", "*"):
+            raise UsageError(f"--config {path}: {key}: expected one value, got a list")
+        action.required = False  # given by the file
+        # YAML reads 1e-4 as a string: argparse converts a string default with the flag's type, as if typed.
+        parser.set_defaults(**{action.dest: value})
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help, and the script's usage lines (its docstring) kept as written."""
+
+
+def parse_dataclasses(parser: Any, argv: list[str] | None) -> tuple[Any, ...]:
+    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback.
+
+    argparse's own errors (unknown choice, value of the wrong type) become one line too, instead of the usage text.
+    """
+
+    def one_line(message: str) -> None:
+        raise UsageError(message)
+
+    parser.error = one_line
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        raise UsageError(f"invalid arguments: {message}") from None
+    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
 
 
 def drop_debug_switch(argv: list[str] | None) -> list[str]:
@@ -41,7 +124,7 @@ def setup_logging(level: str = "info") -> None:
 
 
 def parse_bool(value: Any, flag: str) -> bool:
-    """Parse the loose booleans the reference command lines use (``--use_fast_tokenizer false``)."""
+    """Parse the loose booleans the reference command lines use (``--batched_gen True``)."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -50,23 +133,6 @@ def parse_bool(value: Any, flag: str) -> bool:
     if text in ("0", "false", "no", "n", "off"):
         return False
     raise UsageError(f"--{flag}: expected true or false, got {value!r}")
-
-
-def parse_dataclasses(parser: Any, argv: list[str] | None) -> tuple[Any, ...]:
-    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback.
-
-    argparse's own errors (unknown choice, value of the wrong type) become one line too, instead of the usage text.
-    """
-
-    def one_line(message: str) -> None:
-        raise UsageError(message)
-
-    parser.error = one_line
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:
-        message = " ".join(str(err).split())
-        raise UsageError(f"invalid arguments: {message}") from None
 
 
 def cpu_only() -> bool:

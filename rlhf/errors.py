@@ -91,6 +91,7 @@ def _close_progress_bars() -> None:
             pass
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line error quotes."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

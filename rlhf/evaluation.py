@@ -1,5 +1,6 @@
-"""Comparing two policies on held-out prompts: sampling, win rate with its interval, KL, length, EOS rate, and
-accuracy against ground truth (gold answers) where the data has it."""
+"""Comparing two policies on held-out prompts (win rate with its interval, KL, length, EOS rate, and accuracy
+against ground truth where the data has gold answers) and a reward model on held-out pairs (strict accuracy, ties,
+margins). Sampling is PPO's own (rlhf.ppo.sampling)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhf.ppo.math import logprobs_from_logits, truncate_after_eos
-from rlhf.ppo.models import position_ids_from_mask
+from rlhf.ppo.sampling import Samples
 
 
 def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
@@ -64,88 +64,12 @@ def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
     return ((logprobs - ref_logprobs) * mask).sum(1)
 
 
-def left_pad(prompts: list[list[int]], pad_token_id: int, width: int | None = None) -> tuple[Tensor, Tensor]:
-    """Left-pad token lists to ``width`` (default: the longest); returns ids and attention mask ``(B, width)``."""
-    width = width or max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def sample(
-    lm: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False
-) -> dict[str, Any]:
-    """Generate one response per prompt; responses are cut after the first EOS.
-
-    Returns ``input_ids``/``attention_mask`` of prompt + response ``(B, P + T)``, ``prompt_width`` P,
-    ``response_mask`` ``(B, T)``, ``has_eos`` ``(B,)`` and the decoded ``texts`` (with the EOS text when present).
-    """
-    from transformers import GenerationConfig
-
-    device = next(lm.parameters()).device
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    config = GenerationConfig(
-        do_sample=not greedy,
-        top_k=0,
-        top_p=1.0,
-        temperature=temperature if not greedy else 1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config).cpu()
-    width = ids.shape[1]
-    responses, response_mask, has_eos = truncate_after_eos(
-        out[:, width:], [tokenizer.eos_token_id], tokenizer.pad_token_id
-    )
-    texts = [
-        tokenizer.decode(r[m.bool()], skip_special_tokens=False) for r, m in zip(responses, response_mask, strict=True)
-    ]
-    return {
-        "input_ids": torch.cat([ids, responses], 1),
-        "attention_mask": torch.cat([mask, response_mask.to(mask.dtype)], 1),
-        "prompt_width": width,
-        "response_mask": response_mask,
-        "has_eos": has_eos,
-        "texts": texts,
-    }
-
-
-@torch.no_grad()
-def response_logprobs_under(lm: Any, batch: dict[str, Any], temperature: float = 1.0) -> Tensor:
-    """Log-probs ``(B, T)`` of the sampled response tokens under ``lm``."""
-    device = next(lm.parameters()).device
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    width = batch["prompt_width"]
-    # The LM head only on the positions that predict response tokens (a fifth of a small model's compute per token).
-    logits = lm(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=False,
-        logits_to_keep=ids.shape[1] - width + 1,
-    ).logits
-    return logprobs_from_logits(logits[:, :-1].float(), ids[:, width:], temperature).cpu()
-
-
-def merge_samples(batches: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """One ``response_mask``/``has_eos`` for several generation batches. Generation stops once every row of a batch
-    has ended, so batches come back with different response widths: masks are right-padded with zeros."""
-    width = max(b["response_mask"].shape[1] for b in batches)
-    masks = [torch.nn.functional.pad(b["response_mask"], (0, width - b["response_mask"].shape[1])) for b in batches]
-    return {"response_mask": torch.cat(masks), "has_eos": torch.cat([b["has_eos"] for b in batches])}
-
-
-def policy_summary(batch: dict[str, Any], scores: Tensor) -> dict[str, float]:
+def policy_summary(samples: Samples, scores: Tensor) -> dict[str, float]:
     """Mean score, mean response length (tokens) and EOS rate of one policy's samples."""
     return {
         "reward_mean": scores.float().mean().item(),
-        "length_mean": batch["response_mask"].float().sum(1).mean().item(),
-        "eos_rate": batch["has_eos"].float().mean().item(),
+        "length_mean": samples.response_mask.float().sum(1).mean().item(),
+        "eos_rate": samples.has_eos.float().mean().item(),
     }
 
 

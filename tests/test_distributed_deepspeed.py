@@ -111,11 +111,12 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
 
     accelerator, plugin = fake_accelerator(name, processes=4)
     assert deepspeed_stage(accelerator) == DS_JSON[name][0]
-    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, max_grad_norm=1.0)
-    assert plugin.deepspeed_config["train_batch_size"] == 2 * 4  # micro batch x processes (accumulation is ours)
+    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, accumulation=3, max_grad_norm=1.0)
+    assert plugin.deepspeed_config["train_batch_size"] == 2 * 3 * 4  # micro batch x accumulation x processes
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == 3  # the boundary accelerate.accumulate marks
     # DeepSpeed's parser checks the batch product against the world size it sees: 1 process outside a launch.
     accelerator, plugin = fake_accelerator(name, processes=1)
-    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, max_grad_norm=1.0)
+    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, accumulation=3, max_grad_norm=1.0)
     config = copy.deepcopy(plugin.deepspeed_config)
     optimizer = ppo_optimizer(accelerator, [torch.nn.Parameter(torch.zeros(2))], lr=1e-5, adafactor=False)
     if "optimizer" in config:  # the offload config: DeepSpeed's CPU Adam; accelerate fills lr from the placeholder
@@ -127,8 +128,8 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
         assert isinstance(optimizer, torch.optim.Adam)
     assert "auto" not in json.dumps(config)
     parsed = DeepSpeedConfig(config)
-    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (2, 1)
-    assert parsed.train_batch_size == 2 and parsed.gradient_clipping == 1.0
+    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (2, 3)
+    assert parsed.train_batch_size == 2 * 3 and parsed.gradient_clipping == 1.0
 
 
 def test_adafactor_with_a_config_that_brings_its_optimizer_is_refused():

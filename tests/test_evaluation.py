@@ -11,13 +11,13 @@ from conftest import run_script
 from rlhf.evaluation import (
     as_gold,
     gold_accuracy,
-    left_pad,
     matches_gold,
     policy_summary,
     reward_hacking_warnings,
     sequence_kl,
     win_rate,
 )
+from rlhf.ppo.sampling import Samples, concat_samples, left_pad
 
 
 def test_win_rate_counts_ties_half_and_gives_the_wilson_interval():
@@ -45,24 +45,41 @@ def test_sequence_kl_sums_log_ratios_over_real_tokens_only():
     assert sequence_kl(lp, ref, mask).tolist() == pytest.approx([0.5, 1.5])
 
 
+def samples_of(response_mask: list[list[int]], has_eos: list[bool], prompt: list[list[int]]) -> Samples:
+    """Samples with the given prompt ids (0 = left padding) and response mask (token ids 5 under the mask)."""
+    from rlhf.ppo.models import position_ids_from_mask
+
+    prompt_ids = torch.tensor(prompt)
+    response_mask = torch.tensor(response_mask, dtype=torch.bool)
+    attention_mask = torch.cat([(prompt_ids != 0).long(), response_mask.long()], 1)
+    return Samples(
+        input_ids=torch.cat([prompt_ids, torch.where(response_mask, 5, 0)], 1),
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        prompt_width=prompt_ids.shape[1],
+        response_mask=response_mask,
+        has_eos=torch.tensor(has_eos),
+        texts=[f"r{i}" for i in range(len(has_eos))],
+    )
+
+
 def test_policy_summary_reports_length_and_eos_rate():
-    batch = {
-        "response_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]),
-        "has_eos": torch.tensor([True, False, True, True]),
-    }
-    summary = policy_summary(batch, torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    s = samples_of([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], [True, False, True, True], [[7]] * 4)
+    summary = policy_summary(s, torch.tensor([1.0, 2.0, 3.0, 6.0]))
     assert summary == {"reward_mean": 3.0, "length_mean": 2.25, "eos_rate": 0.75}
 
 
-def test_samples_of_batches_with_different_response_widths_merge():
+def test_samples_of_batches_with_different_widths_concatenate():
     """Generation stops when a whole batch has ended: a 48-prompt evaluation in batches of 16 came back 39 and 40
-    tokens wide and could not be concatenated."""
-    from rlhf.evaluation import merge_samples
-
-    a = {"response_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]), "has_eos": torch.tensor([True, True])}
-    b = {"response_mask": torch.tensor([[1, 1, 1, 1]]), "has_eos": torch.tensor([False])}
-    merged = merge_samples([a, b])
-    assert merged["response_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    tokens wide and could not be concatenated. Prompts of different widths are left-padded further, positions kept."""
+    a = samples_of([[1, 1, 0], [1, 0, 0]], [True, True], [[0, 7], [8, 9]])
+    b = samples_of([[1, 1, 1, 1]], [False], [[6, 7, 8]])
+    merged = concat_samples([a, b], pad_token_id=0)
+    assert merged.prompt_width == 3 and merged.input_ids.shape == (3, 7)
+    assert merged.response_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert merged.input_ids[0].tolist() == [0, 0, 7, 5, 5, 0, 0]
+    assert merged.position_ids[0, 2:5].tolist() == [0, 1, 2]  # the first real token is position 0, as before
+    assert merged.texts == ["r0", "r1", "r0"]
     summary = policy_summary(merged, torch.tensor([0.0, 1.0, 2.0]))
     assert summary["length_mean"] == pytest.approx(7 / 3) and summary["eos_rate"] == pytest.approx(2 / 3)
 

@@ -52,16 +52,20 @@ COMMON = {
     "split_nan": (["--validation_split_percentage", "nan"], ["--validation_split_percentage", "nan"], EARLY),
     "max_train_samples_negative": (["--max_train_samples", "-1"], ["--max_train_samples"], EARLY),
     "max_train_samples_zero": (["--max_train_samples", "0"], ["--max_train_samples"], EARLY),
-    "unknown_peft": (["--peft", "qlora"], ["--peft", "lora or none", "qlora"], EARLY),
+    "unknown_peft": (["--peft", "qlora"], ["--peft", "invalid choice", "qlora", "lora", "none"], EARLY),
     "unknown_prompt_template": (
         ["--prompt_template", "alpaca"],
-        ["--prompt_template", "auto, chat, plain, raw"],
+        ["--prompt_template", "invalid choice", "alpaca", "'auto', 'chat', 'plain', 'raw'"],
         EARLY,
     ),
     "unknown_dtype": (["--torch_dtype", "int8"], ["--torch_dtype", "int8"], EARLY),
     "lora_rank_zero": (["--lora_rank", "0"], ["--lora_rank"], EARLY),
     "lora_dropout_above_one": (["--lora_dropout", "1.5"], ["--lora_dropout"], EARLY),
-    "unknown_nonfinite_policy": (["--nonfinite_loss", "ignore"], ["--nonfinite_loss", "stop, skip"], EARLY),
+    "unknown_nonfinite_policy": (
+        ["--nonfinite_loss", "ignore"],
+        ["--nonfinite_loss", "invalid choice", "ignore", "'stop', 'skip'"],
+        EARLY,
+    ),
     "eval_strategy_without_eval_rows": (
         ["--eval_strategy", "steps", "--validation_split_percentage", "0"],
         ["--eval_strategy needs eval rows"],

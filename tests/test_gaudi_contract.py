@@ -346,10 +346,9 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
     """The reference's Gaudi command lines (SPEC.md) parse on this stack: TRL 1.x names, legacy names, Gaudi flags."""
     from transformers import HfArgumentParser
 
-    import reward_modeling
-    import sft
     from rlhf.data.pairs import DataArguments
     from rlhf.runtime.backend import BackendArguments
+    from rlhf.scripts import reward_modeling, sft
     from rlhf.secrets import HubArguments
     from rlhf.stages.flags import StageArguments
 
@@ -362,10 +361,11 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--max_length 512 --completion_only_loss True"
     ).split()
     parser = HfArgumentParser(
-        (sft.ScriptArguments, StageArguments, DataArguments, sft.LoraArguments, HubArguments, BackendArguments)
+        (sft.ScriptArguments, sft.SFTModelArguments, StageArguments, DataArguments, HubArguments, BackendArguments)
         + (sft.SFTArguments,)
     )
-    script, stage, _, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    script, model, stage, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    assert model.use_fast_tokenizer is False and model.peft == "lora"
     assert script.dataset_concatenation and stage.overwrite_output_dir and stage.evaluation_strategy == "no"
     assert backend.use_habana and backend.use_lazy_mode and backend.device == "hpu"
     assert train.max_length == 512 and train.completion_only_loss is True and train.num_train_epochs == 3
@@ -376,7 +376,7 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--gaudi_config_name Habana/gpt2"
     ).split()
     parser = HfArgumentParser(
-        (reward_modeling.ScriptArguments, StageArguments, DataArguments, reward_modeling.RewardLoraArguments)
+        (reward_modeling.ScriptArguments, reward_modeling.RewardModelArguments, StageArguments, DataArguments)
         + (HubArguments, BackendArguments, reward_modeling.RewardArguments)
     )
     *_, backend, train = parser.parse_args_into_dataclasses(args=rm_argv)
@@ -389,9 +389,9 @@ def test_training_arguments_on_an_hpu(tmp_path):
     from optimum.habana import GaudiTrainingArguments
     from transformers import HfArgumentParser
 
-    import reward_modeling
     from rlhf.runtime.backend import Backend, BackendArguments
     from rlhf.runtime.gaudi import gaudi_training_kwargs
+    from rlhf.scripts import reward_modeling
 
     argv = ["--output_dir", str(tmp_path), "--learning_rate", "2e-5", "--ddp_find_unused_parameters", "True"]
     argv += ["--use_habana", "--use_lazy_mode", "--gaudi_config_name", "Habana/llama", "--bf16", "True"]

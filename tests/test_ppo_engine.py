@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_training import PPOLoraArguments
 from rlhf.data.prompt_format import PromptFormat
 from rlhf.models.reward import RewardScorer
 from rlhf.ppo.config import MIN_RESPONSE_LENGTH, PPOConfig
 from rlhf.ppo.engine import PPOEngine
 from rlhf.ppo.models import PolicyWithValue, position_ids_from_mask, response_logprobs
 from rlhf.runtime.distributed import all_finite
+from rlhf.scripts.rl_training import PPOModelArguments
 from tiny import ORCA_ROWS, build_llama, build_tokenizer
 
 # Log-probs/values of the same tokens computed in differently shaped batches (other rows, other padding) agree to
@@ -111,14 +111,16 @@ def make_engine(
     if peft:
         from peft import get_peft_model
 
-        lm = get_peft_model(lm, PPOLoraArguments().peft_config("CAUSAL_LM"))
+        lm = get_peft_model(lm, PPOModelArguments(model_name_or_path=str(model_dir)).peft_config("CAUSAL_LM"))
     else:
         import copy
 
         ref_model = copy.deepcopy(lm).eval().requires_grad_(False)
     policy = PolicyWithValue(lm)
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    accelerator = Accelerator(cpu=True, mixed_precision=mixed_precision)
+    accelerator = Accelerator(
+        cpu=True, mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+    )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     engine = PPOEngine(cfg, accelerator, policy, optimizer, tokenizer, scorer, ref_model, None, seed)
     torch.manual_seed(seed)
@@ -350,8 +352,8 @@ def test_reward_model_scores_the_policys_own_token_ids(engine_factory, tokenizer
     round trip of them, which changes the ids (and the score) on rows whose text does not round-trip."""
     from rlhf.models.reward import score_sequences
 
-    own = RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=tokenizer, policy_fmt=fmt)
-    text = RewardScorer(reward_model, tokenizer, fmt)
+    own, text = RewardScorer(reward_model, tokenizer, fmt), RewardScorer(reward_model, tokenizer, fmt)
+    assert own.accepts_ids_of(tokenizer, fmt)
     assert own.reads_policy_ids and not text.reads_policy_ids
     batch = prompts(tokenizer, fmt)
     ro = engine_factory(response_length=16, scorer=own).rollout(batch)
@@ -380,8 +382,8 @@ def test_same_tokenization_tells_tokenizers_apart(tiny_dir, tokenizer, fmt, tmp_
     other = build_tokenizer(tmp_path / "other", extra_text=["an entirely different corpus of words"] * 5)
     assert not same_tokenization(tokenizer, other)
     plain = PromptFormat("plain", tokenizer.eos_token)
-    assert not RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=tokenizer, policy_fmt=plain).reads_policy_ids
-    assert not RewardScorer(reward_model, tokenizer, fmt, policy_tokenizer=other, policy_fmt=fmt).reads_policy_ids
+    assert not RewardScorer(reward_model, tokenizer, fmt).accepts_ids_of(tokenizer, plain)
+    assert not RewardScorer(reward_model, tokenizer, fmt).accepts_ids_of(other, fmt)
 
 
 def test_all_finite_finds_one_bad_value_among_many_tensors():
@@ -487,8 +489,8 @@ class ForwardLog:
             "reward": reward_model,
         }
         self.handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
-        for name in ("generate", "update"):
-            setattr(engine, name, self._in_phase(name, getattr(engine, name)))
+        for phase, method in (("generate", "_generate"), ("update", "update")):
+            setattr(engine, method, self._in_phase(phase, getattr(engine, method)))
 
     def _hook(self, name: str):
         def hook(module, args, kwargs, output):
@@ -712,7 +714,7 @@ def assert_learned(history: list[dict]) -> None:
     first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
     assert all(math.isfinite(s["objective/kl"]) and math.isfinite(s["objective/kl_coef"]) for s in history)
     assert history[-1]["objective/kl"] > 0.1  # it moved away from the reference to get there
-    assert history[-1]["ppo/learning_rate"] < history[0]["ppo/learning_rate"] / 10  # the default schedule decays
+    assert history[-1]["lr"] < history[0]["lr"] / 10  # the default schedule decays
     assert last > first + 0.2, [round(s, 3) for s in scores]
 
 
@@ -787,9 +789,9 @@ def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(
     import errno
 
     import rlhf.ppo.checkpoint as ppo_checkpoint
+    from rlhf.data.prompts import PromptSampler
     from rlhf.outputs.folders import is_complete
     from rlhf.ppo.checkpoint import find_latest, save_checkpoint
-    from rlhf.ppo.engine import PromptSampler
 
     engine = engine_factory()
     sampler = PromptSampler(8, 8, 1, 0, 0)

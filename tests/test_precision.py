@@ -70,7 +70,7 @@ def test_trainer_stages_decide_their_default_when_flags_are_parsed(
     """Not at import: a process that sets RLHF_NATIVE_BF16 after importing the script still gets its default."""
     import importlib
 
-    module = importlib.import_module(script)
+    module = importlib.import_module(f"rlhf.scripts.{script}")
     monkeypatch.setenv("RLHF_NATIVE_BF16", native)
     parser = HfArgumentParser(getattr(module, dataclass_name))
     (args,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path)])

@@ -100,12 +100,14 @@ def test_a_bf16_base_with_float32_trainable_weights_runs_without_autocast(tiny_d
     still gets float32 input: the forward and backward run, and the gradients are float32."""
     from transformers import AutoTokenizer
 
-    from rlhf.models.arguments import LoraArguments
-    from rlhf.models.loading import load_reward_model
+    from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
+    from rlhf.scripts.reward_modeling import RewardModelArguments
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
-    peft_config = LoraArguments().peft_config("SEQ_CLS", modules_to_save=["score"]) if peft else None
-    model = load_reward_model(str(tiny_dir), tok, torch.bfloat16, None, False, peft_config)
+    args = RewardModelArguments(model_name_or_path=str(tiny_dir), peft="lora" if peft else "none")
+    model = load_reward_model(str(tiny_dir), tok, token=None, dtype=torch.bfloat16, trained=False)
+    model = with_lora(model, args.peft_config("SEQ_CLS", modules_to_save=["score"]))
+    upcast_trainable(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     if peft:

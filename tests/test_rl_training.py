@@ -120,9 +120,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 
 
 def metrics(out: Path) -> list[dict]:
-    """metrics.jsonl rows without the wall-clock timings (the only values allowed to differ between runs)."""
+    """metrics.jsonl rows without the wall-clock timings and the episodes per second (the only values allowed to
+    differ between runs)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith("time/") and k != "eps"} for row in rows]
 
 
 def trainable(folder: Path) -> dict[str, torch.Tensor]:
@@ -229,10 +230,15 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
         "objective/scores",
         "objective/rlhf_reward",
         "objective/entropy",
-        "policy/approxkl",
-        "policy/clipfrac",
-        "loss/policy",
-        "loss/value",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "policy/entropy_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio_var",
+        "lr",
+        "episode",
         "val/ratio",
         "val/num_eos_tokens",
         "env/reward_mean",
@@ -240,7 +246,8 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
         "objective/kl_coef",
     ):
         assert key in rows[0], key
-    assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["ppo/learning_rate"] == 1.4e-5
+    assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["lr"] == 1.4e-5 and rows[0]["episode"] == 8
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["eps"] > 0  # episodes per second
     assert 32 <= rows[0]["tokens/responses_len_mean"] < 128
     final = out / "final"
     assert (final / COMPLETE_MARKER).is_file() and (final / "model.safetensors").is_file()
@@ -276,12 +283,12 @@ def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
 PAUSED = """
 import runpy, sys, time
 import rlhf.ppo.engine
-step = rlhf.ppo.engine.PPOEngine.step
-def paused(self, batch):
-    out = step(self, batch)
+update = rlhf.ppo.engine.PPOEngine.update
+def paused(self, rollout):
+    out = update(self, rollout)
     time.sleep(1.0)
     return out
-rlhf.ppo.engine.PPOEngine.step = paused
+rlhf.ppo.engine.PPOEngine.update = paused
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -412,8 +419,8 @@ def kl_coefs_per_rank(stderr: str) -> dict[int, dict[int, str]]:
     """{rank: {step: repr(kl_coef)}} from the per-rank debug lines of rl_training."""
     coefs: dict[int, dict[int, str]] = {0: {}, 1: {}}
     for line in stderr.splitlines():
-        if "rl_training: rank " in line and ": kl_coef " in line:
-            head, value = line.split("rl_training: rank ", 1)[1].split(": kl_coef ")
+        if "rlhf.ppo.trainer: rank " in line and ": kl_coef " in line:
+            head, value = line.split("rlhf.ppo.trainer: rank ", 1)[1].split(": kl_coef ")
             rank, step = head.split(" step ")
             coefs[int(rank)][int(step)] = value.strip()
     return coefs

@@ -76,7 +76,7 @@ def test_use_auth_token_true_is_a_documented_no_op(monkeypatch, caplog):
 
 @pytest.mark.parametrize("module, config", [("sft", "SFTArguments"), ("reward_modeling", "RewardArguments")])
 def test_remote_code_is_not_trusted_by_default(module, config, tmp_path):
-    args = getattr(importlib.import_module(module), config)(output_dir=str(tmp_path))
+    args = getattr(importlib.import_module(f"rlhf.scripts.{module}"), config)(output_dir=str(tmp_path))
     assert args.trust_remote_code is False
 
 

@@ -299,7 +299,7 @@ def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(
     """--lora_layers with all-linear: LoRA weights only in the listed decoder layers, and no gradient work below."""
     from peft import get_peft_model
 
-    from rlhf.models.arguments import LoraArguments, parse_layers
+    from rlhf.models.arguments import ModelArguments, parse_layers
     from rlhf.models.loading import check_lora_targets
 
     assert parse_layers("0, 3-5,4") == [0, 3, 4, 5]
@@ -308,7 +308,7 @@ def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(
             parse_layers(bad)
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
-    config = LoraArguments(lora_layers="1").peft_config("CAUSAL_LM")
+    config = ModelArguments(model_name_or_path=str(tiny_dir), lora_layers="1").peft_config("CAUSAL_LM")
     check_lora_targets(base, config)
     model = get_peft_model(base, config)
     adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_modules() if name.endswith("lora_A")}

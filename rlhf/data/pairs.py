@@ -62,7 +62,8 @@ class DataArguments:
         default="auto",
         metadata={
             "help": "auto (the format saved with the input model, else the tokenizer's chat template, else "
-            "plain), chat, plain, or raw (the reference's bare system + question concatenation)."
+            "plain), chat, plain, or raw (the reference's bare system + question concatenation).",
+            "choices": list(TEMPLATE_CHOICES),
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training pairs."})

@@ -1,4 +1,7 @@
-"""Every model and tokenizer loader: policy, reference, reward model, tokenizer; the same way in every stage."""
+"""Every model and tokenizer loader, the same way in every stage: tokenizer (pad distinct from EOS), causal LM
+(policy, reference, a policy to evaluate), reward model (to train or to score with), LoRA on top.
+
+Load failures (no weights, not on the hub, no network) are one-line usage errors naming the flag."""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ from typing import Any
 import torch
 import transformers
 
-from rlhf.errors import UsageError, _first_line
+from rlhf.errors import UsageError, first_line
 
+logger = logging.getLogger("rlhf.models.loading")
+
+PAD_TOKEN = "<|pad|>"
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
@@ -21,6 +27,149 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     if dtype is None:
         return {}
     return {"dtype": dtype} if TRANSFORMERS_MAJOR >= 5 else {"torch_dtype": dtype}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def load_tokenizer(name: str, token: str | None = None, use_fast: bool = True, trust_remote_code: bool = False) -> Any:
+    """A tokenizer with a pad token distinct from EOS.
+
+    A pad equal to EOS makes EOS look like padding (sequence-classification heads then score the wrong token and
+    masked losses drop the EOS the model must learn), so an existing spare special token is used, else a new one
+    (``fit_embeddings`` then grows the model's embeddings).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, token=token, use_fast=use_fast, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise UsageError(f"cannot load tokenizer {name!r} ({first_line(err)})") from None
+    if tokenizer.eos_token is None:
+        raise UsageError(f"tokenizer {name!r} has no EOS token; generation could never stop")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        spare = tokenizer.unk_token if tokenizer.unk_token not in (None, tokenizer.eos_token) else None
+        if spare is not None:
+            tokenizer.pad_token = spare
+        elif tokenizer.add_special_tokens({"pad_token": PAD_TOKEN}) == 0:
+            tokenizer.pad_token = PAD_TOKEN
+        logger.info(
+            "pad token set to %r (id %d), distinct from EOS %r",
+            tokenizer.pad_token,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token,
+        )
+    return tokenizer
+
+
+def fit_embeddings(model: Any, tokenizer: Any) -> None:
+    """Grow the embeddings if the tokenizer gained a token, and record pad/eos ids in the model config."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def load_causal_lm(
+    name: str,
+    tokenizer: Any,
+    *,
+    token: str | None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quantization: Any | None = None,
+    flag: str = "model_name_or_path",
+) -> Any:
+    """A causal LM that works with ``tokenizer``: the policy to train (SFT, PPO), the reference, or a policy to
+    evaluate. ``quantization``: a bitsandbytes config for QLoRA; the quantized model is prepared for adapter
+    training (norms in float32, input gradients on)."""
+    from transformers import AutoModelForCausalLM
+
+    check_causal_lm_folder(name, flag)
+    model = _from_pretrained(AutoModelForCausalLM, name, flag, token, dtype, trust_remote_code, quantization)
+    fit_embeddings(model, tokenizer)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def load_reward_model(
+    name: str,
+    tokenizer: Any,
+    *,
+    token: str | None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quantization: Any | None = None,
+    flag: str = "reward_model_name",
+    trained: bool = True,
+) -> Any:
+    """A one-logit sequence classifier. ``trained`` (PPO, evaluation): ``name`` must be a reward model already;
+    otherwise (the reward-model stage) it may be any causal LM, whose new score head is then trained."""
+    from transformers import AutoModelForSequenceClassification
+
+    if trained:
+        check_reward_folder(name, flag)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, name, flag, token, dtype, trust_remote_code, quantization, num_labels=1
+    )
+    fit_embeddings(model, tokenizer)
+    if quantization is not None and not trained:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    return model
+
+
+def _from_pretrained(
+    auto_class: Any,
+    name: str,
+    flag: str,
+    token: str | None,
+    dtype: Any,
+    trust_remote_code: bool,
+    quantization: Any | None,
+    **kwargs: Any,
+) -> Any:
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    try:
+        return auto_class.from_pretrained(
+            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **kwargs
+        )
+    except (OSError, ValueError) as err:  # no weights or config in the folder, not on the hub, no network
+        raise UsageError(f"--{flag} {name}: cannot load the model ({first_line(err)})") from None
+
+
+def frozen(model: Any, device: Any = None) -> Any:
+    """``model`` for inference only (reference, reward model, evaluated policies): eval mode (no dropout), no
+    gradients, on ``device`` (left where it is for None, and for quantized weights, which bitsandbytes places)."""
+    model = model.eval().requires_grad_(False)
+    if device is not None and not getattr(model, "is_quantized", False):
+        model = model.to(device)
+    return model
+
+
+def with_lora(model: Any, peft_config: Any | None) -> Any:
+    """``model`` with a fresh LoRA adapter (``peft_config`` None: the model itself, for a full fine-tune)."""
+    if peft_config is None:
+        return model
+    from peft import get_peft_model
+
+    check_lora_targets(model, peft_config)
+    return get_peft_model(model, peft_config)
 
 
 def check_lora_targets(model: Any, peft_config: Any) -> None:
@@ -54,155 +203,9 @@ def check_lora_targets(model: Any, peft_config: Any) -> None:
         )
 
 
-def load_causal_lm(
-    name: str, tokenizer: Any, dtype: Any, token: str | None, trust_remote_code: bool, quantization: Any | None = None
-) -> Any:
-    """A causal LM ready for training with ``tokenizer`` (embeddings grown if a pad token was added).
-
-    ``quantization``: a bitsandbytes config (``Backend.quantization_config``) for QLoRA; the quantized model is
-    prepared for adapter training (norms in float32, input gradients on)."""
-    from transformers import AutoModelForCausalLM
-
-    check_causal_lm_folder(name, "model_name_or_path")
-    kwargs = {"quantization_config": quantization} if quantization is not None else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **kwargs
-        )
-    except (OSError, ValueError) as err:  # no weights or config in the folder, not on the hub, no network
-        raise UsageError(f"--model_name_or_path {name}: cannot load the model ({_first_line(err)})") from None
-    fit_embeddings(model, tokenizer)
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model
-
-
-def load_reward_model(
-    name: str,
-    tokenizer: Any,
-    dtype: Any,
-    token: str | None,
-    trust_remote_code: bool,
-    peft_config: Any | None,
-    quantization: Any | None = None,
-) -> Any:
-    """A one-logit sequence classifier on top of ``name`` (a causal LM or an earlier reward model), LoRA-wrapped.
-
-    Trainable parameters are kept in float32 even when the base is loaded in bf16: Adam updates of a bf16 score
-    head are mostly rounded away.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    kwargs = {"quantization_config": quantization} if quantization is not None else {}
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name, num_labels=1, token=token, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **kwargs
-        )
-    except (OSError, ValueError) as err:  # no weights or config in the folder, not on the hub, no network
-        raise UsageError(f"--model_name_or_path {name}: cannot load the model ({_first_line(err)})") from None
-    fit_embeddings(model, tokenizer)
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model)
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        check_lora_targets(model, peft_config)
-        model = get_peft_model(model, peft_config)
-    upcast_trainable(model)
-    return model
-
-
-logger = logging.getLogger("rlhf.models.loading")
-
-
-PAD_TOKEN = "<|pad|>"
-
-
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def resolve_dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise UsageError(f"--torch_dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
-def load_tokenizer(
-    name: str, token: str | None = None, use_fast: bool = True, trust_remote_code: bool = False
-) -> tuple[Any, bool]:
-    """Load a tokenizer with a pad token distinct from EOS. Returns (tokenizer, added_new_token).
-
-    A pad equal to EOS makes EOS look like padding (sequence-classification heads then score the wrong token and
-    masked losses drop the EOS the model must learn), so an existing spare special token is used, else a new one.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, token=token, use_fast=use_fast, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UsageError(f"cannot load tokenizer {name!r} ({first})") from None
-    if tokenizer.eos_token is None:
-        raise UsageError(f"tokenizer {name!r} has no EOS token; generation could never stop")
-    added = False
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        spare = tokenizer.unk_token if tokenizer.unk_token not in (None, tokenizer.eos_token) else None
-        if spare is not None:
-            tokenizer.pad_token = spare
-        else:
-            added = tokenizer.add_special_tokens({"pad_token": PAD_TOKEN}) > 0
-            if not added:
-                tokenizer.pad_token = PAD_TOKEN
-        logger.info(
-            "pad token set to %r (id %d), distinct from EOS %r",
-            tokenizer.pad_token,
-            tokenizer.pad_token_id,
-            tokenizer.eos_token,
-        )
-    return tokenizer, added
-
-
-def fit_embeddings(model: Any, tokenizer: Any) -> None:
-    """Grow the embeddings if the tokenizer gained a token, and record pad/eos ids in the model config."""
-    vocab = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocab:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-
-
-def check_causal_lm_folder(path: str, what: str) -> None:
-    """Stop early when a local folder is not a causal LM (e.g. a reward model passed as policy)."""
-    _check_architecture(path, what, want="ForCausalLM")
-
-
-def check_reward_folder(path: str, what: str) -> None:
-    """Stop early when a local folder is not a sequence-classification model (e.g. an SFT policy)."""
-    _check_architecture(path, what, want="ForSequenceClassification")
-
-
-def _check_architecture(path: str, what: str, want: str) -> None:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return  # a hub name: the hub's loader reports its own problems
-
-    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    if archs and not any(a.endswith(want) for a in archs):
-        raise UsageError(f"--{what} {path}: expected a *{want} model, found {', '.join(archs)}")
-
-
 def upcast_trainable(model: Any) -> None:
-    """Keep parameters that receive gradients in float32 (the frozen base may stay in bf16/fp16).
+    """Keep parameters that receive gradients in float32 (the frozen base may stay in bf16/fp16): Adam updates of a
+    bf16 score head are mostly rounded away.
 
     A module whose own weights were upcast gets its floating inputs in float32 too: without autocast (a run in fp32
     mixed precision "no", optimum-habana's trainer on a CPU, FSDP without mixed precision) a bf16 hidden state
@@ -220,3 +223,26 @@ def upcast_trainable(model: Any) -> None:
 
 def _float32_inputs(module: Any, args: tuple) -> tuple:
     return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folder checks: the wrong kind of model stops before anything is loaded
+
+
+def check_causal_lm_folder(path: str, what: str) -> None:
+    """Stop early when a local folder is not a causal LM (e.g. a reward model passed as policy)."""
+    _check_architecture(path, what, want="ForCausalLM")
+
+
+def check_reward_folder(path: str, what: str) -> None:
+    """Stop early when a local folder is not a sequence-classification model (e.g. an SFT policy)."""
+    _check_architecture(path, what, want="ForSequenceClassification")
+
+
+def _check_architecture(path: str, what: str, want: str) -> None:
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return  # a hub name: the hub's loader reports its own problems
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    if archs and not any(a.endswith(want) for a in archs):
+        raise UsageError(f"--{what} {path}: expected a *{want} model, found {', '.join(archs)}")

@@ -89,21 +89,23 @@ def same_tokenization(a: Any, b: Any) -> bool:
 class RewardScorer:
     """Scores (prompt, response) with a reward model, in the prompt format that model was trained on.
 
-    When the reward model shares the policy's tokenizer and prompt format (``policy_tokenizer``/``policy_fmt``
-    given and equal), ``reads_policy_ids`` is True and PPO scores the policy's own token ids (``score_ids``): a
-    decode -> re-encode round trip can change the ids (a sampled "Hel" + "lo" comes back as "Hello"), and with them
-    the score (measured up to 0.187 on the demo's reward model).
+    ``reads_policy_ids`` (see ``accepts_ids_of``) is True when the reward model shares the policy's tokenizer and
+    prompt format: PPO then scores the policy's own token ids (``score_ids``). A decode -> re-encode round trip can
+    change the ids (a sampled "Hel" + "lo" comes back as "Hello"), and with them the score (measured up to 0.187 on
+    the demo's reward model).
     """
 
-    def __init__(
-        self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, policy_tokenizer: Any = None, policy_fmt: Any = None
-    ) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.fmt = fmt
-        self.reads_policy_ids = (
-            policy_tokenizer is not None and policy_fmt == fmt and same_tokenization(tokenizer, policy_tokenizer)
-        )
+        self.reads_policy_ids = False
+
+    def accepts_ids_of(self, policy_tokenizer: Any, policy_fmt: PromptFormat) -> bool:
+        """Whether the policy's token ids can be scored as they are (same tokenizer and prompt format); remembered
+        in ``reads_policy_ids``."""
+        self.reads_policy_ids = policy_fmt == self.fmt and same_tokenization(self.tokenizer, policy_tokenizer)
+        return self.reads_policy_ids
 
     def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
         from rlhf.data.encoding import encode_completion, encode_text
@@ -122,3 +124,33 @@ class RewardScorer:
     def score_ids(self, sequences: list[list[int]]) -> Tensor:
         """Scores of prompt + response token ids already in this model's vocabulary and format, ``(B,)``."""
         return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))
+
+
+def load_scorer(
+    name: str,
+    *,
+    token: str | None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quantization: Any | None = None,
+    device: Any = None,
+    fallback_format: PromptFormat | None = None,
+    flag: str = "reward_model_name",
+) -> RewardScorer:
+    """A trained reward model, frozen, with its own tokenizer and the prompt format it was trained on (its
+    ``prompt_format.json``; ``fallback_format`` for a model without one)."""
+    from rlhf.data.prompt_format import resolve_prompt_format
+    from rlhf.models.loading import frozen, load_reward_model, load_tokenizer
+
+    tokenizer = load_tokenizer(name, token, trust_remote_code=trust_remote_code)
+    model = load_reward_model(
+        name,
+        tokenizer,
+        token=token,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        quantization=quantization,
+        flag=flag,
+    )
+    fmt = PromptFormat.load(name) or fallback_format or resolve_prompt_format("auto", tokenizer, None)
+    return RewardScorer(frozen(model, device), tokenizer, fmt)

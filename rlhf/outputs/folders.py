@@ -1,4 +1,12 @@
-"""Output folders that are either complete or absent: written under a temporary name, renamed when done."""
+"""Results that are complete or absent, for every stage: SFT and reward-model folders, PPO checkpoints and
+``final/``, evaluations.
+
+A result is written into ``<folder>/.tmp-result`` and then swapped into ``<folder>`` with ``COMPLETE.json``
+written last (``published``; ``prepare_staging`` / ``publish_staged`` when several processes write). A folder
+without ``COMPLETE.json`` is never taken for a result, whatever else it holds; a crash or a full disk while
+writing leaves the previous result whole and marked complete, or nothing marked at all. Anything else in the folder
+(the Trainer's checkpoints, tracker logs) is left alone.
+"""
 
 from __future__ import annotations
 
@@ -16,37 +24,20 @@ from rlhf.outputs.trainer_checkpoints import drop_incomplete_checkpoints
 
 logger = logging.getLogger("rlhf.outputs.folders")
 
-
 COMPLETE_MARKER = "COMPLETE.json"
+STAGING = ".tmp-result"  # the same name on every process: all of them may take part in writing (sharded saves)
 
 
 @contextmanager
-def atomic_folder(final: str | Path, info: dict[str, Any] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder; on success mark it complete and rename it to ``final`` (replacing an old one).
-
-    A crash or a full disk while writing leaves only a ``.tmp-*`` folder, which is never taken for a result, and
-    the previous ``final`` stays intact until the rename.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+def published(folder: str | Path, info: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder; when the block ends without an error, publish what it holds in ``folder``
+    (marked complete, ``info`` in the marker); on an error discard it and leave ``folder`` as it was."""
+    staging = prepare_staging(folder)
     try:
-        yield tmp
-        marker = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        yield staging
+        publish_staged(folder, info or {})
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_staging(folder)
         raise
 
 
@@ -63,10 +54,10 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def clean_stale_temporaries(parent: str | Path) -> None:
-    """Remove leftovers of interrupted writes."""
+    """Remove leftovers of interrupted writes in ``parent`` and in the result folders directly inside it."""
     parent = Path(parent)
     if parent.is_dir():
-        for path in parent.glob(".tmp-*"):
+        for path in [*parent.glob(".tmp-*"), *parent.glob(f"*/{STAGING}")]:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -74,7 +65,7 @@ def start_output(output_dir: str | Path, overwrite: bool, resuming: bool) -> Pat
     """Prepare the output folder: refuse to clobber a finished run unless asked.
 
     A finished result already there (``--overwrite_output_dir``, or resuming a run that had finished) stays whole
-    and marked complete until the new one replaces it (``staged_output``): a run that dies on the way leaves the
+    and marked complete until the new one replaces it (``publish_staged``): a run that dies on the way leaves the
     previous result usable.
     """
     from rlhf.errors import UsageError
@@ -90,9 +81,6 @@ def start_output(output_dir: str | Path, overwrite: bool, resuming: bool) -> Pat
     if resuming:
         drop_incomplete_checkpoints(out)
     return out
-
-
-STAGING = ".tmp-result"  # the same name on every process: all of them may take part in writing (sharded saves)
 
 
 def prepare_staging(output_dir: str | Path) -> Path:
@@ -128,7 +116,11 @@ def publish_staged(output_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def discard_staging(output_dir: str | Path) -> None:
-    shutil.rmtree(Path(output_dir) / STAGING, ignore_errors=True)
+    """Remove a result that will not be published; a folder left empty by that (a first checkpoint) goes too."""
+    out = Path(output_dir)
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _marked_files(folder: Path) -> list[str]:
@@ -154,3 +146,11 @@ def mark_complete(output_dir: str | Path, info: dict[str, Any]) -> None:
     tmp = out / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / COMPLETE_MARKER)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """A small file (a record, a data file) written under a temporary name and renamed: whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

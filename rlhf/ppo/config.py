@@ -43,7 +43,9 @@ class PPOConfig:
     adap_kl_ctrl: bool = field(default=True, metadata={"help": "Adapt the KL coefficient toward --kl_target."})
     kl_target: float = field(default=6.0, metadata={"help": "Target KL (nats per sequence) of the adaptive control."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL control."})
-    kl_estimator: str = field(default="k1", metadata={"help": "Per-token KL estimator: k1 (log ratio) or k3."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "Per-token KL estimator: k1 (log ratio) or k3.", "choices": ["k1", "k3"]}
+    )
     gamma: float = field(default=1.0, metadata={"help": "Discount."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip range."})

@@ -292,7 +292,8 @@ def clipped_policy_loss(
     returns a scalar loss and a dict of detached scalar stats:
     ``clipfrac`` (fraction of valid tokens where the clipped term was strictly
     larger, i.e. selected by the max), ``approxkl``
-    (``0.5 * mean((logp - old)^2)``), ``ratio_mean`` and ``ratio_max``.
+    (``0.5 * mean((logp - old)^2)``), ``ratio_mean``, ``ratio_var`` (unbiased
+    where there are >= 2 tokens) and ``ratio_max``.
     ``loss = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``.
 
     Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
@@ -314,6 +315,7 @@ def clipped_policy_loss(
             "clipfrac": masked_mean((clipped > unclipped).float(), m).detach(),
             "approxkl": (0.5 * masked_mean(log_ratio.detach() ** 2, m)).detach(),
             "ratio_mean": masked_mean(ratio_d, m),
+            "ratio_var": masked_var(ratio_d, m),
             "ratio_max": torch.where(m, ratio_d, float("-inf")).max(),
         }
     return loss, stats

@@ -19,7 +19,7 @@ class PolicyWithValue(nn.Module):
     Implementation Details of RLHF with PPO", Huang et al. 2024).
     """
 
-    def __init__(self, lm: nn.Module, value_dropout: float = 0.0) -> None:
+    def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
         hidden = (
@@ -76,6 +76,22 @@ def response_logprobs(
         logprobs_from_logits(response_logits, labels, temperature),
         entropy_from_logits(response_logits.detach(), temperature),
     )
+
+
+def causal_lm_logprobs(
+    lm: Any, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, prompt_width: int, temperature: float
+) -> Tensor:
+    """Log-probs ``(B, T)`` of the response tokens under a plain causal LM (PPO's reference; either policy in
+    evaluation), from float32 logits of the response positions only (the LM head is a large share of a small
+    model's compute)."""
+    logits = lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=input_ids.shape[1] - prompt_width + 1,
+    ).logits
+    return response_logprobs(logits.float(), input_ids, prompt_width, temperature)[0]
 
 
 def adapter_disabled(model: nn.Module) -> Any:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf.cli import cpu_only
 from rlhf.runtime.backend import Backend, BackendArguments
 from rlhf.runtime.gaudi import (
     GaudiRuntime,
@@ -18,6 +20,7 @@ from rlhf.runtime.gaudi import (
     gaudi_reward_trainer,
     gaudi_sft_trainer,
 )
+from rlhf.runtime.precision import default_bf16
 
 
 def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
@@ -71,9 +74,35 @@ def on_gaudi_stack() -> bool:
 
 
 def trainer_config_base(kind: str) -> type:
-    """The dataclass a script's training flags extend: TRL's SFTConfig/RewardConfig, or the legacy ones above."""
+    """The dataclass a Trainer stage's flags extend (``kind``: sft or reward): TRL's SFTConfig/RewardConfig (the
+    Gaudi stack's stand-ins for them there), with what every Trainer stage here shares: bf16 by default only where
+    it is native and measured faster (decided when the flags are parsed, so RLHF_NATIVE_BF16 counts), the CPU when
+    there is no GPU, and --trust_remote_code taken from the model flags (rlhf.models.arguments)."""
     if on_gaudi_stack():
-        return {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
-    import trl
+        base = {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
+    else:
+        import trl
 
-    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
+        base = {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
+    stage = {"sft": "sft", "reward": "rm"}[kind]
+
+    @dataclass
+    class TrainerConfig(base):
+        use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
+        bf16: bool | None = field(
+            default=None,
+            metadata={
+                "help": "bf16 mixed precision (autocast; weights and optimizer state stay float32). Default: on where "
+                "bf16 is native (recent GPUs, Gaudi, CPUs with AVX512-BF16/AMX) and measured faster for this stage, "
+                "off where it would be emulated (README, Precision; RLHF_NATIVE_BF16=0|1 overrides the detection)."
+            },
+        )
+        trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code: the model flags'
+
+        def __post_init__(self) -> None:
+            if self.bf16 is None:
+                self.bf16 = default_bf16(stage) and not self.fp16
+            super().__post_init__()
+
+    TrainerConfig.__name__ = TrainerConfig.__qualname__ = base.__name__
+    return TrainerConfig

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.errors import UsageError
-from rlhf.secrets import HubArguments
 
 logger = logging.getLogger("rlhf.stages.flags")
 
@@ -28,12 +27,13 @@ class StageArguments:
         metadata={
             "help": "A step whose loss or gradients are NaN/inf: stop (default: end training with an error; "
             "nothing from that step is saved) or skip (discard that step's update, log it, go on). The "
-            "weights never take a non-finite update and are never saved holding NaN/inf."
+            "weights never take a non-finite update and are never saved holding NaN/inf.",
+            "choices": ["stop", "skip"],
         },
     )
 
 
-def accept_legacy_training_flags(train_args: Any, evaluation_strategy: str | None, hub: HubArguments) -> None:
+def accept_legacy_training_flags(train_args: Any, evaluation_strategy: str | None) -> None:
     """Map flags the reference command line uses and newer transformers renamed."""
     if evaluation_strategy is not None:
         from transformers.trainer_utils import IntervalStrategy

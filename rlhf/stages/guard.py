@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from rlhf.errors import RunError, UsageError, _first_line
+from rlhf.errors import RunError, UsageError, first_line
 from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint
+from rlhf.runtime.distributed import Collectives
 from rlhf.stages.saving import nonfinite_parameters
 
 logger = logging.getLogger("rlhf.stages.guard")
@@ -134,7 +135,7 @@ class TrainingGuard(TrainerCallback):
             if self._saving is None or self._evaluating:
                 raise
             raise RunError(
-                f"saving {output_dir}/checkpoint-{self._saving} failed ({_first_line(err)}); it is incomplete and "
+                f"saving {output_dir}/checkpoint-{self._saving} failed ({first_line(err)}); it is incomplete and "
                 f"will not be resumed from. {self._resume_hint(output_dir)}; free space first"
             ) from err
         if self.stopped_at is not None:
@@ -172,10 +173,4 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 def _agree(args: Any, bad: bool, signalled: bool) -> tuple[bool, bool]:
     """The same two decisions on every process: any rank's NaN or SIGTERM counts for all."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return bad, signalled
-    flags = torch.tensor([float(bad), float(signalled)], device=args.device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0].item()), bool(flags[1].item())
+    return Collectives(args.device).any(bad, signalled)

@@ -11,10 +11,10 @@ import torch
 
 from rlhf.data.pairs import DropReport
 from rlhf.data.prompt_format import PromptFormat
-from rlhf.errors import RunError, _first_line
+from rlhf.errors import RunError, first_line
 from rlhf.outputs.folders import STAGING, discard_staging, prepare_staging, publish_staged
 from rlhf.runtime.distributed import (
-    broadcast_from_main,
+    Collectives,
     full_state_dict,
     nonfinite_tensors,
     rebuild_from_state_dict,
@@ -53,7 +53,7 @@ def save_stage_output(
     # ZeRO-3/FSDP: no process holds the whole model; gather it once (every process takes part), write on rank 0.
     state = full_state_dict(accelerator, trainer.model_wrapped) if sharded else None
     if sharded:
-        bad = broadcast_from_main(accelerator, nonfinite_tensors(state) if main_process else None)
+        bad = Collectives(accelerator.device).broadcast(nonfinite_tensors(state) if main_process else None)
     else:
         bad = nonfinite_parameters(model)
     if bad:
@@ -88,7 +88,7 @@ def save_stage_output(
         if main_process:
             discard_staging(output_dir)
         raise RunError(
-            f"{stage}: saving the result in {output_dir} failed ({_first_line(err)}); nothing was marked complete "
+            f"{stage}: saving the result in {output_dir} failed ({first_line(err)}); nothing was marked complete "
             "and the checkpoints there are intact: free space, then rerun with --resume_from_checkpoint latest"
         ) from err
     trainer.accelerator.wait_for_everyone()
