@@ -133,7 +133,11 @@ def host() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf.pipeline.runner import Stage, build_stages, is_done, run_stage
+    from rlhf.outputs.folders import is_complete
+    from rlhf.pipeline.config import load_config
+    from rlhf.pipeline.runner import main as pipeline
+    from rlhf.pipeline.runner import run_stage
+    from rlhf.pipeline.stages import build_stages
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.json")
@@ -142,26 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun seeds whose evaluation is complete")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    config = json.loads((ROOT / args.config).read_text(encoding="utf-8"))
-    if args.output:
-        config["output"] = args.output
+    config = load_config(args.config, {"output": args.output})
     out = Path(config["output"])
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
-    stages = {s.name: s for s in build_stages(config)}
-    for name in ("sft", "rm", "rm2"):
-        if name not in stages:
-            continue
-        stage = stages[name]
-        print(f"\n== {name}: $ {shlex.join(stage.argv)}", flush=True)
-        if is_done(stage):
-            print(f"   skipped: {stage.output} is complete", flush=True)
-            continue
-        code, _ = run_stage(stage, out / "logs")
-        if code:
-            print(f"bench-learning: stage {name} failed (log: {out / 'logs' / (name + '.log')})", file=sys.stderr)
-            return 1
+    # The SFT policy and reward models, through the pipeline (skipped when complete and unchanged).
+    base = ",".join(name for name in ("sft", "rm", "rm2") if name == "sft" or name in config)
+    if pipeline(["--config", args.config, "--output", str(out), "--stages", base]) != 0:
+        print("bench-learning: the SFT / reward-model stages failed", file=sys.stderr)
+        return 1
 
+    stages = {s.name: s for s in build_stages(config)}
     rows = []
     for seed in seeds:
         folder = out / "seeds" / f"seed_{seed}"
@@ -169,25 +164,23 @@ def main(argv: list[str] | None = None) -> int:
         ppo_argv = [*stages["ppo"].argv, "--output_dir", str(folder / "ppo"), "--seed", str(seed)]
         eval_argv = [*stages["eval"].argv, "--ppo_model", str(folder / "ppo" / "final")]
         eval_argv += ["--output_dir", str(folder / "eval"), "--seed", str(seed)]
-        ppo = Stage(f"ppo_seed{seed}", ppo_argv, folder / "ppo" / "final", folder / "ppo")
-        ev = Stage(f"eval_seed{seed}", eval_argv, folder / "eval", folder / "eval")
-        for stage in (ppo, ev):
-            print(f"\n== seed {seed}: $ {shlex.join(stage.argv)}", flush=True)
-            if is_done(stage) and not args.force:
-                print(f"   skipped: {stage.output} is complete (--force to redo)", flush=True)
+        for name, stage_argv, done in (
+            (f"ppo_seed{seed}", ppo_argv, folder / "ppo" / "final"),
+            (f"eval_seed{seed}", eval_argv, folder / "eval"),
+        ):
+            print(f"\n== seed {seed}: $ {shlex.join(stage_argv)}", flush=True)
+            if is_complete(done) and not args.force:
+                print(f"   skipped: {done} is complete (--force to redo)", flush=True)
                 continue
             t0 = time.perf_counter()
-            code, _ = run_stage(stage, out / "logs")
+            log = out / "logs" / f"{name}.log"
+            code, _ = run_stage(stage_argv, log)
             if code:
-                print(
-                    f"bench-learning: {stage.name} failed (log: {out / 'logs' / (stage.name + '.log')})",
-                    file=sys.stderr,
-                )
+                print(f"bench-learning: {name} failed (log: {log})", file=sys.stderr)
                 return 1
-            print(f"   {stage.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"   {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
         evaluation = json.loads((folder / "eval" / "evaluation.json").read_text(encoding="utf-8"))
         rows.append(seed_row(seed, evaluation))
-
     result = {
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": (time.perf_counter() - start) / 60,

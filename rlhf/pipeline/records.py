@@ -162,10 +162,8 @@ def differences(record: dict[str, Any] | None, argv: list[str], inputs: dict[str
 
 
 def is_done(stage: Stage) -> bool:
-    """Trainer stages mark their folder with COMPLETE.json; evaluation writes evaluation.json last."""
-    if stage.output is None:
-        return False
-    return (stage.output / COMPLETE_MARKER).is_file() or (stage.output / "evaluation.json").is_file()
+    """Every stage marks a finished output with COMPLETE.json (rlhf.outputs.folders)."""
+    return stage.output is not None and is_complete(stage.output)
 
 
 def latest_checkpoint(stage: Stage) -> Path | None:

@@ -39,7 +39,8 @@ class Samples:
 
     def token_ids(self) -> list[list[int]]:
         """Each row's prompt + response token ids without padding: exactly what the policy read and wrote."""
-        return [ids[mask.bool()].tolist() for ids, mask in zip(self.input_ids.cpu(), self.attention_mask.cpu())]
+        rows = zip(self.input_ids.cpu(), self.attention_mask.cpu(), strict=True)
+        return [ids[mask.bool()].tolist() for ids, mask in rows]
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int, width: int | None = None) -> tuple[Tensor, Tensor]:

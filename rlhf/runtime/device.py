@@ -20,3 +20,13 @@ class DeviceRuntime:
     def graphs(self, module: torch.nn.Module | None) -> Any:
         """Context in which ``module``'s forward (no-grad) runs as a cached HPU graph (None: nothing to graph)."""
         return nullcontext()
+
+
+def module_available(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it; a broken parent package counts as no)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

@@ -32,14 +32,17 @@ from rlhf.runtime.device import DeviceRuntime
 
 logger = logging.getLogger("rlhf.runtime.gaudi")
 
+GAUDI_INSTALL_HINT = (
+    "install Habana's SynapseAI software with its PyTorch bridge (habana_frameworks, see Habana's installation "
+    "guide) and then `pip install -r requirements-gaudi.txt -c constraints-gaudi.txt`"
+)
+
 
 def import_optimum_habana() -> Any:
     """``import optimum.habana``; without the Habana software its import-time version check fails: one line then."""
     try:
         import optimum.habana as oh
     except (ImportError, IndexError, OSError) as err:  # IndexError: no habana-torch-plugin in `pip list`
-        from rlhf.runtime.backend import GAUDI_INSTALL_HINT
-
         raise UsageError(
             f"optimum-habana is installed but cannot be imported ({type(err).__name__}: {err}); {GAUDI_INSTALL_HINT}"
         ) from None
@@ -264,22 +267,23 @@ def gaudi_sft_trainer(
             return ds
         return Dataset.from_list(pack_features(ds.to_list(), args.max_length))
 
-    carry_gaudi_generation_config(model)
     collator = AnswerOnlyCollator(
         processing_class.pad_token_id,
         completion_only_loss=args.completion_only_loss is not False,
         pad_to=args.max_length if backend.is_gaudi else None,
     )
-    return GaudiSFTTrainer(
-        model=model,
-        args=gaudi_args,
-        gaudi_config=gaudi_config(backend, backend_args, args.bf16),
-        data_collator=collator,
-        train_dataset=prepared(train_dataset),
-        eval_dataset=prepared(eval_dataset),
-        tokenizer=processing_class,
+    return _trainer(
+        GaudiSFTTrainer,
+        backend,
+        backend_args,
+        model,
+        args,
+        gaudi_args,
+        collator,
+        [prepared(train_dataset), prepared(eval_dataset)],
+        callbacks,
+        tokenizer=processing_class,  # trl 0.9.6's name
         peft_config=peft_config,
-        callbacks=callbacks,
     )
 
 
@@ -305,22 +309,50 @@ def gaudi_reward_trainer(
     def prepared(ds: Any) -> Any:
         return None if ds is None else Dataset.from_list(reward_pairs(ds.to_list()))
 
-    carry_gaudi_generation_config(model)
     static = backend.is_gaudi
     collator = RewardDataCollatorWithPadding(
         tokenizer=processing_class,
         padding="max_length" if static else True,
         max_length=args.max_length if static else None,
     )
-    return GaudiRewardTrainer(
+    return _trainer(
+        GaudiRewardTrainer,
+        backend,
+        backend_args,
+        model,
+        args,
+        gaudi_args,
+        collator,
+        [prepared(train_dataset), prepared(eval_dataset)],
+        callbacks,
+        processing_class=processing_class,
+    )
+
+
+def _trainer(
+    cls: type,
+    backend: Any,
+    backend_args: Any,
+    model: Any,
+    args: Any,
+    gaudi_args: Any,
+    collator: Any,
+    datasets: list[Any],
+    callbacks: list[Any],
+    **kwargs: Any,
+) -> Any:
+    """A Gaudi trainer of ``cls`` with what both stages give it: the model (its generation config made Gaudi's),
+    arguments, Gaudi config, collator, train/eval datasets, callbacks."""
+    carry_gaudi_generation_config(model)
+    return cls(
         model=model,
         args=gaudi_args,
         gaudi_config=gaudi_config(backend, backend_args, args.bf16),
         data_collator=collator,
-        train_dataset=prepared(train_dataset),
-        eval_dataset=prepared(eval_dataset),
-        processing_class=processing_class,
+        train_dataset=datasets[0],
+        eval_dataset=datasets[1],
         callbacks=callbacks,
+        **kwargs,
     )
 
 

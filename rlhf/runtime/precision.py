@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf.errors import UsageError
-from rlhf.runtime.backend import Backend, _find_spec_safe
+from rlhf.runtime.device import module_available
+
+if TYPE_CHECKING:  # annotations only
+    from rlhf.runtime.backend import Backend
 
 NATIVE_BF16_ENV = "RLHF_NATIVE_BF16"
 
@@ -62,7 +65,7 @@ def default_bf16(stage: str, environ: dict[str, str] | None = None) -> bool:
 
 
 def _host_kind() -> str:
-    if _find_spec_safe("habana_frameworks"):
+    if module_available("habana_frameworks"):
         return "hpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,19 +8,26 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf.cli import cpu_only
-from rlhf.runtime.backend import Backend, BackendArguments
+from rlhf.errors import UsageError
+from rlhf.runtime.device import module_available
 from rlhf.runtime.gaudi import (
+    GAUDI_INSTALL_HINT,
     GaudiRuntime,
     LegacyRewardConfig,
     LegacySFTConfig,
     gaudi_accelerator,
     gaudi_reward_trainer,
     gaudi_sft_trainer,
+    import_optimum_habana,
+    prepare_hpu,
 )
 from rlhf.runtime.precision import default_bf16
+
+if TYPE_CHECKING:  # annotations only: the backend module imports this one
+    from rlhf.runtime.backend import Backend, BackendArguments
 
 
 def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
@@ -106,3 +113,21 @@ def trainer_config_base(kind: str) -> type:
 
     TrainerConfig.__name__ = TrainerConfig.__qualname__ = base.__name__
     return TrainerConfig
+
+
+def prepare_stack(use_habana: bool, lazy_mode: bool) -> None:
+    """Check that the installed libraries fit the run, before anything is loaded. ``--use_habana`` needs the Habana
+    software and the optimum-habana stack, and sets the HPU up (before any model exists); on the optimum-habana
+    stack without it, optimum-habana must still import, since its trainers do the work."""
+    if use_habana:
+        if not module_available("habana_frameworks"):
+            raise UsageError(f"--use_habana: the Habana software is not installed; {GAUDI_INSTALL_HINT}")
+        if not module_available("optimum.habana"):
+            raise UsageError(f"--use_habana: optimum-habana is not installed; {GAUDI_INSTALL_HINT}")
+        if not on_gaudi_stack():
+            raise UsageError(
+                f"--use_habana: optimum-habana needs trl 0.9.6 (this environment has TRL 1.x); {GAUDI_INSTALL_HINT}"
+            )
+        prepare_hpu(lazy_mode)
+    elif on_gaudi_stack():
+        import_optimum_habana()

@@ -13,8 +13,8 @@ accuracy, tie rate and margin on the pairs (margins in ``margins.json``). Where 
 ``gold`` column: the accepted answers, ignored by the training stages), the gold accuracy of each policy: how often
 its response contains the answer (``rlhf.evaluation.matches_gold``); a warning is logged and saved when a reward
 model's mean reward rises from SFT to PPO while gold accuracy falls. ``samples.jsonl`` holds every prompt with both
-responses and their scores; ``seconds`` in evaluation.json says where the time went. Every folder and flag is checked, and the reward models loaded, before any
-generation. Works on any user's model folders.
+responses and their scores; ``seconds`` in evaluation.json says where the time went. Every folder and flag is
+checked, and the reward models loaded, before any generation. Works on any user's model folders.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from rlhf.evaluation import (
 )
 from rlhf.models.arguments import LoadArguments
 from rlhf.models.loading import check_causal_lm_folder, frozen, load_causal_lm, load_tokenizer
-from rlhf.models.reward import RewardScorer, load_scorer, score_sequences
+from rlhf.models.reward import load_scorer, score_sequences
 from rlhf.outputs.folders import published
 from rlhf.ppo.checkpoint import load_ppo_config
 from rlhf.ppo.models import causal_lm_logprobs

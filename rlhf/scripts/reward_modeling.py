@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from rlhf.data.encoding import reward_features
-from rlhf.errors import UsageError, run_main
+from rlhf.errors import UsageError
 from rlhf.evaluation import preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
 from rlhf.runtime.stack import build_reward_trainer, trainer_config_base
-from rlhf.stages.trainer_stage import Run, TrainerStage, run_trainer_stage
+from rlhf.stages.trainer_stage import Run, TrainerStage
 
 logger = logging.getLogger("reward_modeling")
 
@@ -128,14 +128,7 @@ REWARD_MODEL = TrainerStage(
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_trainer_stage(REWARD_MODEL, argv)
-
-
-def cli() -> None:
-    """The console command (pip install .)."""
-    run_main(main)
-
+main, cli = REWARD_MODEL.main, REWARD_MODEL.cli  # what the top-level script and the console command run
 
 if __name__ == "__main__":  # python -m rlhf.scripts.reward_modeling
     cli()

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf.data.encoding import sft_features
-from rlhf.errors import run_main
 from rlhf.models.arguments import ModelArguments
 from rlhf.models.loading import check_causal_lm_folder, check_lora_targets, load_causal_lm
 from rlhf.runtime.stack import build_sft_trainer, trainer_config_base
-from rlhf.stages.trainer_stage import Run, TrainerStage, run_trainer_stage
+from rlhf.stages.trainer_stage import Run, TrainerStage
 
 
 @dataclass
@@ -95,14 +94,7 @@ SFT = TrainerStage(
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_trainer_stage(SFT, argv)
-
-
-def cli() -> None:
-    """The console command (pip install .)."""
-    run_main(main)
-
+main, cli = SFT.main, SFT.cli  # what the top-level script and the console command run
 
 if __name__ == "__main__":  # python -m rlhf.scripts.sft
     cli()

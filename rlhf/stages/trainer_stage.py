@@ -20,7 +20,7 @@ from rlhf.cli import drop_debug_switch, parse_arguments, setup_logging
 from rlhf.data.encoding import encode_split
 from rlhf.data.pairs import DataArguments, load_pairs
 from rlhf.data.prompt_format import resolve_prompt_format
-from rlhf.errors import EXIT_PREEMPTED, UsageError
+from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
 from rlhf.models.arguments import ModelArguments
 from rlhf.models.loading import load_tokenizer
 from rlhf.outputs.folders import start_output
@@ -49,6 +49,14 @@ class TrainerStage:
     build_trainer: Callable[..., Any]  # rlhf.runtime.stack.build_sft_trainer / build_reward_trainer
     configure: Callable[[Run], None] = lambda run: None  # stage-specific flag handling, before any data is read
     after_training: Callable[[Run, Any], tuple[dict[str, Any], dict[str, Any]]] = lambda run, trainer: ({}, {})
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """Run the stage (what the top-level script calls; errors propagate)."""
+        return run_trainer_stage(self, argv)
+
+    def cli(self) -> None:
+        """The console command: one-line errors and exit codes (rlhf.errors.run_main)."""
+        run_main(self.main)
 
 
 @dataclass
