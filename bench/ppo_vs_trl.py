@@ -60,8 +60,8 @@ def write_prompts(policy: Path, path: Path) -> int:
     """The prompts rl_training.py builds (its format and encoder), for the peer to read as token ids."""
     from transformers import AutoTokenizer
 
-    from rlhf.data import encode_text
-    from rlhf.prompt_format import resolve_prompt_format
+    from rlhf.data.encoding import encode_text
+    from rlhf.data.prompt_format import resolve_prompt_format
 
     tok = AutoTokenizer.from_pretrained(str(policy))
     fmt = resolve_prompt_format("auto", tok, str(policy))

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import statistics
 
+from bench import learning
 from bench.common import PLOTS, PPO_PHASES, ROOT, load_json, machine
 
 TARGET_EPS, TARGET_RSS, TARGET_PLAIN_SHARE, TARGET_R2 = 1.5, 0.7, 0.8, 0.98
@@ -472,6 +473,11 @@ alternated in one session.
 {table(["target", "wanted", "measured", ""], summary)}
 
 {(chr(10) * 2).join(sections)}"""
+    # The learning section comes from `make bench-learning` (bench/learning.py), not from this run: keep it.
+    old = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8") if (ROOT / "BENCHMARKS.md").is_file() else ""
+    kept = learning.extract_section(old)
+    if kept:
+        text = learning.replace_section(text, kept)
     (ROOT / "BENCHMARKS.md").write_text(text.rstrip() + "\n", encoding="utf-8")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 

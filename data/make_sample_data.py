@@ -38,6 +38,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 FIELDS = ("system", "question", "chosen", "rejected")
+# Extra column of the held-out rows: the accepted answers (ground truth) where the question has one. The stages read
+# only FIELDS; evaluate.py measures how often a policy's response contains one of these.
+GOLD = "gold"
 
 N_TRAIN = 3000
 N_HELDOUT = 400
@@ -120,6 +123,18 @@ def low_first(text: str) -> str:
 
 def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def number_gold(n: int) -> list[str]:
+    """Accepted spellings of a number in a response: digits and words."""
+    if n == 1000:
+        return ["1000", "1,000", "one thousand"]
+    return [str(n), num_words(n)]
+
+
+def mentions(text: str, word: str) -> bool:
+    """Whole-word, case-insensitive occurrence (a gold answer already in the question proves nothing)."""
+    return re.search(rf"(?<![\w-]){re.escape(word.lower())}(?![\w-])", text.lower()) is not None
 
 
 def words(text: str) -> int:
@@ -359,6 +374,7 @@ def gen_arithmetic(rng: random.Random) -> dict:
         "sub": f"{op}/{bad}",
         "result": num(r),
         "wrong": num(w) if bad == "wrong_result" else None,
+        "gold": number_gold(r),
     }
 
 
@@ -796,6 +812,7 @@ def gen_facts(rng: random.Random) -> dict:
         t = rng.choice(CAPITAL_A)
         tw = _pick_wrong_template(rng, CAPITAL_A, t)
         chosen, rejected = t.format(c=c, x=cap), tw.format(c=c, x=wrong)
+        gold = [cap]
     elif table == "count":
         core, sent, n, wrongs = rng.choice(COUNTS)
         q = rng.choice(COUNT_Q).format(core=core)
@@ -808,6 +825,7 @@ def gen_facts(rng: random.Random) -> dict:
             return tpl.format(s=s, s_open=s[:-1], n=k)
 
         chosen, rejected = fill(t, n), fill(tw, w)
+        gold = number_gold(n)
     elif table == "colour":
         thing, col, wrongs = rng.choice(COLOURS)
         qt = rng.choice(COLOUR_Q)
@@ -818,6 +836,7 @@ def gen_facts(rng: random.Random) -> dict:
         kw = {"t": thing, "T": cap_first(thing), "colour": spelling}
         chosen = t.format(x=col, **kw)
         rejected = tw.format(x=rng.choice(wrongs), **kw)
+        gold = [col]
     elif table in ("opposite", "plural", "past"):
         data, qs, ans = {
             "opposite": (OPPOSITES, OPPOSITE_Q, OPPOSITE_A),
@@ -832,6 +851,7 @@ def gen_facts(rng: random.Random) -> dict:
         t = rng.choice(ans)
         tw = _pick_wrong_template(rng, ans, t)
         chosen, rejected = t.format(w=w, x=right), tw.format(w=w, x=wrong)
+        gold = [right]
     else:
         animal, verb, noun = rng.choice(SOUNDS)
         _, wverb, wnoun = rng.choice([s for s in SOUNDS if s[0] != animal])
@@ -844,12 +864,16 @@ def gen_facts(rng: random.Random) -> dict:
             return tpl.format(aa=aa, Aa=cap_first(aa), v=v, x=x, an=article(x))
 
         chosen, rejected = fill(t, verb, noun), fill(tw, wverb, wnoun)
+        gold = [noun, verb]
+    if any(mentions(q, g) for g in gold):
+        gold = None  # e.g. "sheep" -> "sheep": repeating the question would count as correct
     return {
         "question": cap_first(q),
         "chosen": cap_first(chosen),
         "rejected": cap_first(rejected),
         "kind": "facts",
         "sub": f"{table}/wrong",
+        "gold": gold,
     }
 
 
@@ -1429,8 +1453,16 @@ def truncate(rng: random.Random, text: str) -> str:
     raise AssertionError(f"could not truncate {text!r}")
 
 
+def translation_gold(gid: str) -> list[str] | None:
+    """The translated word of a translation item (group id ``tr:<english>:<language>``), else None."""
+    if not gid.startswith("tr:"):
+        return None
+    _, english, lang = gid.split(":")
+    return [dict(TRANSLATIONS)[english][LANGS.index(lang)]]
+
+
 def gen_helpfulness(rng: random.Random, items: list) -> dict:
-    _, qs, answers = rng.choice(items)
+    gid, qs, answers = rng.choice(items)
     q = rng.choice(qs)
     chosen = rng.choice(answers)
     bad = rng.choices(["evasive", "rude", "truncated"], weights=[0.35, 0.25, 0.40])[0]
@@ -1448,6 +1480,7 @@ def gen_helpfulness(rng: random.Random, items: list) -> dict:
         "rejected": rejected,
         "kind": "helpfulness",
         "sub": bad,
+        "gold": translation_gold(gid),
     }
 
 
@@ -1497,6 +1530,7 @@ def gen_format(rng: random.Random, items: list) -> dict:
         "rejected": rejected,
         "kind": "format",
         "sub": bad,
+        "gold": translation_gold(gid),
     }
 
 
@@ -1618,6 +1652,9 @@ def check(train: list[dict], heldout: list[dict], n_bytes: int) -> None:
             assert 3 <= words(c) <= MAX_CHOSEN_WORDS, f"chosen length: {c!r}"
             assert words(out["rejected"]) <= MAX_REJECTED_WORDS, out["rejected"]
             assert words(out["question"]) <= 30, f"question too long: {out}"
+            if row["gold"]:
+                assert any(mentions(c, g) for g in row["gold"]), f"gold answer missing from chosen: {row}"
+                assert not any(mentions(out["question"], g) for g in row["gold"]), f"gold in the question: {row}"
             if row["kind"] == "arithmetic":
                 res = re.escape(row["result"])
                 pat = rf"(?<![\w-]){res}(?![\w-])"
@@ -1643,8 +1680,17 @@ def check(train: list[dict], heldout: list[dict], n_bytes: int) -> None:
     assert n_bytes <= MAX_TOTAL_BYTES, f"outputs are {n_bytes} bytes"
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> int:
-    text = "".join(json.dumps({k: r[k] for k in FIELDS}, ensure_ascii=False) + "\n" for r in rows)
+def write_jsonl(path: Path, rows: list[dict], gold: bool = False) -> int:
+    """One JSON object per row: the Orca columns, plus ``gold`` (accepted answers, ``[]`` when the question is
+    open-ended) when asked for."""
+
+    def record(r: dict) -> dict:
+        out = {k: r[k] for k in FIELDS}
+        if gold:
+            out[GOLD] = r["gold"] or []
+        return out
+
+    text = "".join(json.dumps(record(r), ensure_ascii=False) + "\n" for r in rows)
     data = text.encode("utf-8")
     path.write_bytes(data)
     return len(data)
@@ -1663,7 +1709,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     n_bytes = write_jsonl(args.out / "train.jsonl", train)
-    n_bytes += write_jsonl(args.out / "heldout.jsonl", heldout)
+    n_bytes += write_jsonl(args.out / "heldout.jsonl", heldout, gold=True)
     check(train, heldout, n_bytes)
 
     kinds = Counter(r["kind"] for r in rows)

@@ -1,5 +1,6 @@
-"""Shared library of the RLHF pipeline: data and prompt format, backend selection, checkpoints, PPO engine.
+"""The library behind the RLHF stages: data and prompt format (``data/``), models (``models/``), the Trainer-stage
+skeleton (``stages/``), the PPO engine (``ppo/``), where it runs (``runtime/``), outputs that are complete or absent
+(``outputs/``), the pipeline (``pipeline/``), and the stage recipes (``scripts/``). README, "Layout", maps them.
 
-The three stage scripts at the top level (``sft.py``, ``reward_modeling.py``, ``rl_training.py``) import from
-here; nothing here imports a script.
+Nothing here imports a top-level script; the scripts import the recipes in ``rlhf.scripts``.
 """

@@ -1,54 +1,97 @@
-"""Command-line plumbing shared by the stage scripts: one-line errors, legacy flags, keeping secrets out of files."""
+"""Command-line plumbing of the scripts: dataclass flags (``HfArgumentParser``) with ``--config file.yaml``,
+one-line errors for bad values, the traceback switch, logging."""
 
 from __future__ import annotations
 
-import dataclasses
-import errno
+import argparse
 import logging
-import os
 import sys
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("rlhf")
-
-# Exit code for bad input or bad flags, like argparse's own usage errors.
-EXIT_USAGE = 2
-# Exit code for a failure during the run (disk full while saving, non-finite loss): one line, like usage errors.
-EXIT_FAILURE = 1
-# Exit code after SIGTERM: a checkpoint was written and the run can be resumed (128 + SIGTERM, as a shell reports).
-EXIT_PREEMPTED = 143
-# OSError numbers that mean "the disk cannot take this write", whoever was writing.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+from rlhf.errors import UsageError
 
 
-class UsageError(Exception):
-    """A problem with the user's input (flag, file, row, column) that training cannot proceed with.
+def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None, usage: str | None = None) -> tuple:
+    """Parse ``argv`` into one instance of each dataclass, like TRL's scripts.
 
-    The message is printed as one line, without a traceback, and the process exits with code 2.
+    ``--config FILE`` (YAML or JSON: flag names without dashes as keys) gives values that the command line then
+    overrides. ``usage`` (the script's docstring) opens ``--help``. Any problem, from a mistyped flag to an
+    impossible value, is a one-line usage error naming it.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, description=usage, formatter_class=_HelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of flag values; command-line flags win.")
+    args = sys.argv[1:] if argv is None else list(argv)
+    config = _config_path(args)
+    if config is not None:
+        _apply_config(parser, config)
+    return parse_dataclasses(parser, args)
+
+
+def _config_path(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise UsageError("--config: expected a file name")
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """The file's values become the parser's defaults, so a flag on the command line still wins; string values are
+    converted by argparse exactly as if typed on the command line."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UsageError(f"--config {path}: {where}not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(str(key))
+        if action is None or key in ("config", "help"):
+            raise UsageError(f"--config {path}: unknown flag {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)) and action.nargs not in ("+", "*"):
+            raise UsageError(f"--config {path}: {key}: expected one value, got a list")
+        action.required = False  # given by the file
+        # YAML reads 1e-4 as a string: argparse converts a string default with the flag's type, as if typed.
+        parser.set_defaults(**{action.dest: value})
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help, and the script's usage lines (its docstring) kept as written."""
+
+
+def parse_dataclasses(parser: Any, argv: list[str] | None) -> tuple[Any, ...]:
+    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback.
+
+    argparse's own errors (unknown choice, value of the wrong type) become one line too, instead of the usage text.
     """
 
+    def one_line(message: str) -> None:
+        raise UsageError(message)
 
-class RunError(Exception):
-    """A run that cannot go on for a reason outside the user's input (a save that failed, a non-finite loss).
-
-    Printed as one line, without a traceback (``--debug`` shows it), exit code 1. The message says what is left
-    on disk and how to go on.
-    """
-
-
-def wants_traceback(argv: list[str]) -> bool:
-    """True when the user asked for full tracebacks (``--debug`` or ``--log_level debug``)."""
-    for i, arg in enumerate(argv):
-        if arg in ("--debug", "--debug=True", "--debug=true"):
-            return True
-        if arg == "--log_level" and i + 1 < len(argv) and argv[i + 1] == "debug":
-            return True
-        if arg == "--log_level=debug":
-            return True
-    return False
+    parser.error = one_line
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        raise UsageError(f"invalid arguments: {message}") from None
+    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
 
 
 def drop_debug_switch(argv: list[str] | None) -> list[str]:
@@ -69,47 +112,6 @@ def drop_debug_switch(argv: list[str] | None) -> list[str]:
     return out
 
 
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a script's ``main`` and turn user errors into one line on stderr and exit code 2."""
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        code = main(args)
-    except UsageError as err:
-        _print_error(str(err), args)
-        sys.exit(EXIT_USAGE)
-    except RunError as err:
-        _print_error(str(err), args)
-        sys.exit(EXIT_FAILURE)
-    except OSError as err:
-        if err.errno not in DISK_ERRNOS:
-            raise
-        _print_error(
-            f"disk write failed ({err}); complete checkpoints and finished outputs are left as they were: free "
-            "space, then rerun with --resume_from_checkpoint latest",
-            args,
-        )
-        sys.exit(EXIT_FAILURE)
-    sys.exit(code or 0)
-
-
-def _print_error(message: str, args: list[str]) -> None:
-    _close_progress_bars()
-    if wants_traceback(args):
-        traceback.print_exc()
-    message = " ".join(message.split("\n"))
-    print(f"error: {message}", file=sys.stderr, flush=True)
-
-
-def _close_progress_bars() -> None:
-    """End the line of a progress bar that an error interrupted, so that the error starts a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
-        try:
-            bar.close()
-        except Exception:  # cosmetic only: never hide the error being reported
-            pass
-
-
 def setup_logging(level: str = "info") -> None:
     """Log to stderr with one format for every stage; ``passive`` means info, like the Trainer's default."""
     level = "info" if level in ("passive", "", None) else level
@@ -122,7 +124,7 @@ def setup_logging(level: str = "info") -> None:
 
 
 def parse_bool(value: Any, flag: str) -> bool:
-    """Parse the loose booleans the reference command lines use (``--use_fast_tokenizer false``)."""
+    """Parse the loose booleans the reference command lines use (``--batched_gen True``)."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -131,87 +133,6 @@ def parse_bool(value: Any, flag: str) -> bool:
     if text in ("0", "false", "no", "n", "off"):
         return False
     raise UsageError(f"--{flag}: expected true or false, got {value!r}")
-
-
-@dataclass
-class HubArguments:
-    """How to reach the Hugging Face hub. The token is used for hub calls only and is never written anywhere."""
-
-    hf_access_token: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hugging Face token for gated/private models and datasets. Used for hub calls only; never "
-            "saved in output folders, logs or trackers. Defaults to the HF_TOKEN environment/login."
-        },
-    )
-    use_auth_token: str | None = field(
-        default=None,
-        metadata={
-            "help": "Accepted for compatibility with the reference command line; no effect (the hub login or "
-            "--hf_access_token is used)."
-        },
-    )
-
-    @property
-    def token(self) -> str | None:
-        return self.hf_access_token or None
-
-
-SECRET_FIELDS = ("hf_access_token", "hub_token", "use_auth_token", "push_to_hub_token", "token")
-
-
-def redact(value: Any, secrets: list[str]) -> Any:
-    """Return ``value`` with every occurrence of a secret string replaced, recursing into containers."""
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret:
-                value = value.replace(secret, "<redacted>")
-        return value
-    if isinstance(value, dict):
-        return {k: ("<redacted>" if k in SECRET_FIELDS and v else redact(v, secrets)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v, secrets) for v in value)
-    return value
-
-
-def public_dict(obj: Any, secrets: list[str]) -> dict[str, Any]:
-    """A dataclass (or args object) as a dict safe to save: secret fields blanked, secret strings redacted."""
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))
-    return redact(data, secrets)
-
-
-def hide_token_from_environment(token: str | None) -> None:
-    """Make huggingface_hub use ``token`` without it living in an object that gets saved.
-
-    Trainer and TRL save their arguments (``training_args.bin``, model cards); keeping the token out of those
-    objects and in the process environment instead is what keeps it off disk. Child processes inherit it, which is
-    what the user asked for by passing it.
-    """
-    if token:
-        os.environ["HF_TOKEN"] = token
-
-
-def scrub_argv(secrets: list[str | None]) -> None:
-    """Replace secret values in ``sys.argv``: trackers (wandb) record the command line in their run metadata."""
-    live = [s for s in secrets if s]
-    sys.argv[:] = [redact(arg, live) for arg in sys.argv]
-
-
-def parse_dataclasses(parser: Any, argv: list[str] | None) -> tuple[Any, ...]:
-    """HfArgumentParser parsing where a rejected combination of values is a usage error, not a traceback.
-
-    argparse's own errors (unknown choice, value of the wrong type) become one line too, instead of the usage text.
-    """
-
-    def one_line(message: str) -> None:
-        raise UsageError(message)
-
-    parser.error = one_line
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:
-        message = " ".join(str(err).split())
-        raise UsageError(f"invalid arguments: {message}") from None
 
 
 def cpu_only() -> bool:

@@ -1,15 +1,36 @@
-"""Comparing two policies on held-out prompts: sampling, win rate with its interval, KL, length, EOS rate."""
+"""Comparing two policies on held-out prompts (win rate with its interval, KL, length, EOS rate, and accuracy
+against ground truth where the data has gold answers) and a reward model on held-out pairs (strict accuracy, ties,
+margins). Sampling is PPO's own (rlhf.ppo.sampling)."""
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rlhf.ppo_math import logprobs_from_logits, truncate_after_eos
-from rlhf.ppo_models import position_ids_from_mask
+from rlhf.ppo.sampling import Samples
+
+
+def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Strict accuracy (a tie is NOT a correct ranking), tie rate and margin statistics over pairs, shapes ``(n,)``.
+
+    The reference example counted ``r_chosen >= r_rejected`` as correct, which rewards a constant model.
+    """
+    if chosen.shape != rejected.shape or chosen.numel() == 0:
+        raise ValueError("chosen and rejected must be non-empty and of the same shape")
+    margin = chosen.float() - rejected.float()
+    return {
+        "accuracy": (margin > 0).float().mean().item(),
+        "tie_rate": (margin == 0).float().mean().item(),
+        "margin_mean": margin.mean().item(),
+        "margin_std": margin.std(unbiased=False).item(),
+        "pairs": int(margin.numel()),
+    }
 
 
 def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
@@ -43,79 +64,69 @@ def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
     return ((logprobs - ref_logprobs) * mask).sum(1)
 
 
-def left_pad(prompts: list[list[int]], pad_token_id: int, width: int | None = None) -> tuple[Tensor, Tensor]:
-    """Left-pad token lists to ``width`` (default: the longest); returns ids and attention mask ``(B, width)``."""
-    width = width or max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def sample(
-    lm: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, temperature: float, greedy: bool = False
-) -> dict[str, Any]:
-    """Generate one response per prompt; responses are cut after the first EOS.
-
-    Returns ``input_ids``/``attention_mask`` of prompt + response ``(B, P + T)``, ``prompt_width`` P,
-    ``response_mask`` ``(B, T)``, ``has_eos`` ``(B,)`` and the decoded ``texts`` (with the EOS text when present).
-    """
-    from transformers import GenerationConfig
-
-    device = next(lm.parameters()).device
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    config = GenerationConfig(
-        do_sample=not greedy,
-        top_k=0,
-        top_p=1.0,
-        temperature=temperature if not greedy else 1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config).cpu()
-    width = ids.shape[1]
-    responses, response_mask, has_eos = truncate_after_eos(
-        out[:, width:], [tokenizer.eos_token_id], tokenizer.pad_token_id
-    )
-    texts = [
-        tokenizer.decode(r[m.bool()], skip_special_tokens=False) for r, m in zip(responses, response_mask, strict=True)
-    ]
-    return {
-        "input_ids": torch.cat([ids, responses], 1),
-        "attention_mask": torch.cat([mask, response_mask.to(mask.dtype)], 1),
-        "prompt_width": width,
-        "response_mask": response_mask,
-        "has_eos": has_eos,
-        "texts": texts,
-    }
-
-
-@torch.no_grad()
-def response_logprobs_under(lm: Any, batch: dict[str, Any], temperature: float = 1.0) -> Tensor:
-    """Log-probs ``(B, T)`` of the sampled response tokens under ``lm``."""
-    device = next(lm.parameters()).device
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    logits = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
-    width = batch["prompt_width"]
-    return logprobs_from_logits(logits[:, width - 1 : -1], ids[:, width:], temperature).cpu()
-
-
-def merge_samples(batches: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """One ``response_mask``/``has_eos`` for several generation batches. Generation stops once every row of a batch
-    has ended, so batches come back with different response widths: masks are right-padded with zeros."""
-    width = max(b["response_mask"].shape[1] for b in batches)
-    masks = [torch.nn.functional.pad(b["response_mask"], (0, width - b["response_mask"].shape[1])) for b in batches]
-    return {"response_mask": torch.cat(masks), "has_eos": torch.cat([b["has_eos"] for b in batches])}
-
-
-def policy_summary(batch: dict[str, Any], scores: Tensor) -> dict[str, float]:
+def policy_summary(samples: Samples, scores: Tensor) -> dict[str, float]:
     """Mean score, mean response length (tokens) and EOS rate of one policy's samples."""
     return {
         "reward_mean": scores.float().mean().item(),
-        "length_mean": batch["response_mask"].float().sum(1).mean().item(),
-        "eos_rate": batch["has_eos"].float().mean().item(),
+        "length_mean": samples.response_mask.float().sum(1).mean().item(),
+        "eos_rate": samples.has_eos.float().mean().item(),
     }
+
+
+def _fold(text: str) -> str:
+    """Lower case, accents dropped ("Brasília" == "brasilia"), typographic apostrophes straightened."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower().replace("\u2019", "'")
+
+
+def as_gold(value: Any) -> list[str]:
+    """A gold cell as a list of accepted answers: a string is one answer, a list several; empty or missing (None,
+    NaN, ``[]``, blank) means the row has no ground truth."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [str(value)]
+    return [str(v) for v in values if v is not None and str(v).strip()]
+
+
+def matches_gold(response: str, gold: str | Sequence[str]) -> bool:
+    """Whether ``response`` contains one of the accepted answers: whole words, case- and accent-insensitive.
+
+    A space or hyphen inside an answer matches either ("twenty-eight" == "twenty eight"); an answer is never found
+    inside a longer word or number ("eight" is not in "twenty-eight" or "eighteen", "28" is not in "128", "2.8"
+    or "28,000"). Numbers are matched as written, so gold lists both spellings ("28", "twenty-eight").
+    """
+    text = _fold(response)
+    for answer in [gold] if isinstance(gold, str) else gold:
+        parts = [re.escape(part) for part in re.split(r"[\s-]+", _fold(answer)) if part]
+        if not parts:
+            continue
+        pattern = r"(?<![\w-])(?<!\d[.,])" + r"[\s-]+".join(parts) + r"(?![\w-])(?![.,]\d)"
+        if re.search(pattern, text):
+            return True
+    return False
+
+
+def gold_accuracy(responses: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float] | None:
+    """Share of responses that contain their gold answer (``matches_gold``), over the rows that have one; None when
+    no row has ground truth."""
+    if len(responses) != len(golds):
+        raise ValueError("one gold list per response")
+    checked = [matches_gold(r, g) for r, g in zip(responses, golds, strict=True) if g]
+    if not checked:
+        return None
+    return {"accuracy": sum(checked) / len(checked), "correct": sum(checked), "rows": len(checked)}
+
+
+def reward_hacking_warnings(
+    rewards: dict[str, tuple[float, float]], gold_sft: float, gold_ppo: float, rows: int
+) -> list[str]:
+    """One warning per judge whose mean reward rose from SFT to PPO (``rewards[judge] = (sft, ppo)``) while gold
+    accuracy fell: the policy learned what the reward model likes, not better answers."""
+    if not gold_ppo < gold_sft:
+        return []
+    return [
+        f"reward hacking? the mean reward under {judge} rose ({before:.3f} -> {after:.3f}) while gold accuracy fell "
+        f"({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth)"
+        for judge, (before, after) in rewards.items()
+        if after > before
+    ]

@@ -23,6 +23,46 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Every test leaves the process as it found it, so no result depends on the order of the suite.
+
+    In-process stages change globals that later tests would inherit: building TrainingArguments with bf16 sets
+    ``ACCELERATE_MIXED_PRECISION=bf16`` in ``os.environ``, and accelerate keeps its first configuration in
+    class-level singletons that every later ``Accelerator()`` reuses. Both are put back as they were before the
+    test (objects of module-scoped fixtures keep theirs), with torch's global switches (default dtype, threads,
+    deterministic algorithms, grad mode).
+    """
+    import torch
+
+    environ = dict(os.environ)
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    grad = torch.is_grad_enabled()
+    accelerate_state = _accelerate_state()
+    saved = [dict(shared) for shared in accelerate_state]
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_grad_enabled(grad)
+    for shared, before in zip(accelerate_state, saved, strict=True):
+        shared.clear()  # in place: every accelerate state object shares this very dict
+        shared.update(before)
+
+
+def _accelerate_state() -> list[dict]:
+    """accelerate's process-wide configuration (mixed precision, device, distributed type, accumulation)."""
+    try:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+    except ImportError:
+        return []
+    return [AcceleratorState._shared_state, PartialState._shared_state, GradientState._shared_state]
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama with a ChatML tokenizer (EOS = <|im_end|>, pad = <|pad|>)."""

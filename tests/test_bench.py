@@ -230,3 +230,46 @@ def test_step_shares_pair_each_measured_step_with_the_plain_steps_after_it():
     assert step_shares([2.0, 2.0], [100, 100], plain) == [pytest.approx(0.5), pytest.approx(1.0)]
     with pytest.raises(ValueError):
         step_shares([2.0, 2.0], [100, 100], plain[:5])
+
+
+def _evaluation(win: float, low: float, gold: tuple[float, float] | None, kl: float, eos: float) -> dict:
+    ev = {
+        "win_rate_rm": {"win_rate": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 128, "ties": 0},
+        "win_rate_rm2": {"win_rate": win, "ci_low": low, "ci_high": min(1.0, win + 0.08), "n": 128, "ties": 1},
+        "kl_ppo_sft": {"mean": kl, "max": 9.0},
+        "sft": {"eos_rate": 0.9},
+        "ppo": {"eos_rate": eos},
+    }
+    if gold:
+        ev["gold"] = {"rows": 80, "sft": gold[0], "ppo": gold[1]}
+    return ev
+
+
+def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
+    from bench.learning import seed_row, table, worst
+
+    rows = [
+        seed_row(0, _evaluation(0.78, 0.70, (0.50, 0.55), 3.1, 0.97)),
+        seed_row(1, _evaluation(0.66, 0.58, (0.52, 0.50), 4.2, 1.00)),
+        seed_row(2, _evaluation(0.81, 0.73, (0.48, 0.60), 2.5, 0.95)),
+    ]
+    assert rows[0]["judge"] == "rm2" and rows[0]["win_rate"] == 0.78  # rm2, not the trained rm (0.5)
+    w = worst(rows)
+    assert w == {"win_rate": 0.66, "ci_low": 0.58, "gold_gain": pytest.approx(-0.02), "kl": 4.2, "eos_ppo": 0.95}
+    text = table(rows)
+    assert "| 1 | 0.660 (0.580–0.740, n=128, 1) | 0.520 → 0.500 (80 prompts) | 4.20 | 1.000 |" in text
+    assert "| **worst** | **0.660** (lowest CI bound 0.580) | -0.020 (smallest gain) | 4.20 | 0.950 |" in text
+    no_gold = seed_row(3, _evaluation(0.7, 0.6, None, 1.0, 1.0))
+    assert worst([no_gold])["gold_gain"] is None and "| 3 | 0.700" in table([no_gold])
+
+
+def test_learning_section_replaces_only_itself_in_benchmarks_md():
+    from bench.learning import SECTION_END, SECTION_START, extract_section, replace_section
+
+    old = f"# Benchmarks\n\nintro\n\n{SECTION_START}\nold table\n{SECTION_END}\n\n## After\n"
+    new = f"{SECTION_START}\nnew table\n{SECTION_END}"
+    text = replace_section(old, new)
+    assert "new table" in text and "old table" not in text and text.endswith("## After\n") and "intro" in text
+    assert extract_section(text) == new
+    appended = replace_section("# Benchmarks\n", new)
+    assert appended == f"# Benchmarks\n\n{new}\n" and extract_section("# Benchmarks\n") is None

@@ -1,4 +1,4 @@
-"""Data loading, validation and splitting (rlhf.data), in-process and without any model."""
+"""Data loading, validation and splitting (rlhf.data.pairs), in-process and without any model."""
 
 from __future__ import annotations
 
@@ -9,19 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, HfArgumentParser
 
-from rlhf.cli import UsageError
-from rlhf.data import (
-    DataArguments,
-    DropReport,
-    Pair,
-    encode_pairs,
-    encode_split,
-    load_pairs,
-    load_rows,
-    looks_local,
-    validate_and_split,
-)
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.data.encoding import encode_pairs, encode_split
+from rlhf.data.pairs import DataArguments, DropReport, Pair, load_pairs, load_rows, looks_local, validate_and_split
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError
 from tiny import ORCA_ROWS, write_rows
 
 NAN = float("nan")
@@ -315,3 +306,38 @@ def test_sample_data_is_valid_orca_schema(sample_data):
     assert len(split.train) + len(split.eval) == split.report.total - sum(split.report.dropped.values())
     assert len(split.eval) == int(split.report.total * 2 / 100)
     assert not split.report.dropped, split.report.summary()
+
+
+def test_extra_columns_are_ignored_by_the_stages(tmp_path):
+    """A gold column (as in data/orca_sample/heldout.jsonl) or any other extra column changes nothing a stage reads."""
+    extra = [{**row, "gold": ["5", "five"], "source": i} for i, row in enumerate(ORCA_ROWS)]
+    for suffix in ("jsonl", "parquet"):
+        plain = load_pairs(
+            data_args(write_rows(tmp_path / f"plain.{suffix}", ORCA_ROWS), "--validation_split_percentage", "25")
+        )
+        more = load_pairs(
+            data_args(write_rows(tmp_path / f"extra.{suffix}", extra), "--validation_split_percentage", "25")
+        )
+        assert more.train == plain.train and more.eval == plain.eval and not more.report.dropped
+
+
+def test_sample_heldout_rows_carry_gold_answers_that_the_chosen_answer_contains(sample_data):
+    """Ground truth for evaluate.py's gold accuracy: every held-out row has a gold list (empty for open questions);
+    the chosen answer contains its gold answer by the evaluation's own rule and the question never does; train rows
+    keep exactly the Orca columns."""
+    from rlhf.evaluation import matches_gold
+
+    rows = [json.loads(line) for line in (sample_data / "heldout.jsonl").read_text().splitlines()]
+    assert all(list(r) == ["system", "question", "chosen", "rejected", "gold"] for r in rows)
+    with_gold = [r for r in rows if r["gold"]]
+    assert len(with_gold) >= 0.5 * len(rows)
+    assert all(matches_gold(r["chosen"], r["gold"]) for r in with_gold)
+    assert not any(matches_gold(r["question"], r["gold"]) for r in with_gold)
+    # Arithmetic and count rejections give a number off by a little, or none: the rule tells it from the right one.
+    numbers = [r for r in with_gold if r["gold"][0].isdigit()]
+    assert len(numbers) >= 0.25 * len(rows)
+    assert sum(matches_gold(r["rejected"], r["gold"]) for r in numbers) <= 0.1 * len(numbers)
+    train = [json.loads(line) for line in (sample_data / "train.jsonl").read_text().splitlines()[:50]]
+    assert all(list(r) == ["system", "question", "chosen", "rejected"] for r in train)
+    split = load_pairs(data_args(sample_data / "heldout.jsonl", "--validation_split_percentage", "0"))
+    assert len(split.train) == len(rows) and not split.report.dropped

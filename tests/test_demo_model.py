@@ -1,4 +1,4 @@
-"""Tests for ``rlhf.demo_model``.
+"""Tests for ``tools/demo_model.py``.
 
 Fast tests cover the GGUF lookup, its error message and the cache/skip/publish
 logic with a fake package and a stubbed conversion.  The ``slow`` tests run the
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf import demo_model
-from rlhf.demo_model import (
+from tools import demo_model
+from tools.demo_model import (
     GGUF_FILENAME,
     INSTALL_HINT,
     MARKER_NAME,

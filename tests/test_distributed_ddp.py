@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import ROOT, free_port, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import write_rows
 
 pytestmark = pytest.mark.slow  # 2 processes, ~40 s

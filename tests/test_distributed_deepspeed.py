@@ -86,7 +86,7 @@ def test_accelerate_config_file_loads(name):
 
 
 def fake_accelerator(config_file: str, processes: int = 4):
-    """What rlhf.distributed reads of an Accelerator (its distributed type, DeepSpeed plugin, process count): a
+    """What rlhf.runtime.distributed reads of an Accelerator (its distributed type, DeepSpeed plugin, process count): a
     real accelerate DeepSpeedPlugin on the real config file. A real DeepSpeed Accelerator needs GPUs."""
     from accelerate.utils import DeepSpeedPlugin, DistributedType
 
@@ -107,15 +107,16 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
     import torch
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from rlhf.distributed import configure_deepspeed_for_ppo, deepspeed_stage, ppo_optimizer
+    from rlhf.runtime.distributed import configure_deepspeed_for_ppo, deepspeed_stage, ppo_optimizer
 
     accelerator, plugin = fake_accelerator(name, processes=4)
     assert deepspeed_stage(accelerator) == DS_JSON[name][0]
-    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, max_grad_norm=1.0)
-    assert plugin.deepspeed_config["train_batch_size"] == 2 * 4  # micro batch x processes (accumulation is ours)
+    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, accumulation=3, max_grad_norm=1.0)
+    assert plugin.deepspeed_config["train_batch_size"] == 2 * 3 * 4  # micro batch x accumulation x processes
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == 3  # the boundary accelerate.accumulate marks
     # DeepSpeed's parser checks the batch product against the world size it sees: 1 process outside a launch.
     accelerator, plugin = fake_accelerator(name, processes=1)
-    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, max_grad_norm=1.0)
+    configure_deepspeed_for_ppo(accelerator, mini_batch_size=2, accumulation=3, max_grad_norm=1.0)
     config = copy.deepcopy(plugin.deepspeed_config)
     optimizer = ppo_optimizer(accelerator, [torch.nn.Parameter(torch.zeros(2))], lr=1e-5, adafactor=False)
     if "optimizer" in config:  # the offload config: DeepSpeed's CPU Adam; accelerate fills lr from the placeholder
@@ -127,13 +128,13 @@ def test_ppo_settings_make_a_valid_deepspeed_config(name):
         assert isinstance(optimizer, torch.optim.Adam)
     assert "auto" not in json.dumps(config)
     parsed = DeepSpeedConfig(config)
-    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (2, 1)
-    assert parsed.train_batch_size == 2 and parsed.gradient_clipping == 1.0
+    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (2, 3)
+    assert parsed.train_batch_size == 2 * 3 and parsed.gradient_clipping == 1.0
 
 
 def test_adafactor_with_a_config_that_brings_its_optimizer_is_refused():
-    from rlhf.cli import UsageError
-    from rlhf.distributed import ppo_optimizer
+    from rlhf.errors import UsageError
+    from rlhf.runtime.distributed import ppo_optimizer
 
     accelerator, _ = fake_accelerator("ds_zero3_offload.json")
     with pytest.raises(UsageError, match="--adafactor"):
@@ -145,7 +146,7 @@ def test_frozen_models_load_whole_under_zero3():
     model and a frozen reference are loaded with that lifted, as whole replicas."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from rlhf.distributed import frozen_model_loading
+    from rlhf.runtime.distributed import frozen_model_loading
 
     accelerator, plugin = fake_accelerator("ds_zero3.json")
     plugin.set_deepspeed_weakref()  # what the Accelerator does for ZeRO-3

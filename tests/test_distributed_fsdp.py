@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import ROOT, free_port, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import write_rows
 
 pytestmark = pytest.mark.slow  # each run: 2 processes, 30-60 s on a small CPU machine
@@ -126,8 +126,12 @@ def test_sft_under_fsdp_saves_the_gathered_merged_model(sft_out, tiny_dir):
 def test_reward_modeling_under_fsdp_saves_the_gathered_merged_model(rm_out, sft_out):
     from transformers import AutoModelForSequenceClassification
 
+    # The reward model's weights follow its precision (bf16 under --bf16, the default where bf16 is native): it
+    # merged its adapter into a base loaded in that dtype, and so does the rebuild here.
+    dtype = getattr(torch, json.loads((rm_out / "config.json").read_text())["dtype"])
+
     def load(path: str):
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
 
     assert (rm_out / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
     merged = state(rm_out, load)
@@ -187,7 +191,7 @@ def test_ppo_under_fsdp_generates_saves_sharded_state_and_resumes_exactly(sft_ou
     original = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     again = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again] == [2]
-    for key in ("objective/kl", "objective/scores", "loss/total", "val/vpred", "policy/approxkl"):
+    for key in ("objective/kl", "objective/scores", "loss/total", "val/vpred", "policy/approxkl_avg"):
         assert again[0][key] == original[1][key], key  # same rollout, same update, bit for bit
     assert_same_weights(state(resumed / "final", AutoModelForCausalLM.from_pretrained), merged)
 

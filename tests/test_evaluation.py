@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from conftest import run_script
-from rlhf.evaluation import left_pad, policy_summary, sequence_kl, win_rate
+from rlhf.evaluation import (
+    as_gold,
+    gold_accuracy,
+    matches_gold,
+    policy_summary,
+    reward_hacking_warnings,
+    sequence_kl,
+    win_rate,
+)
+from rlhf.ppo.sampling import Samples, concat_samples, left_pad
 
 
 def test_win_rate_counts_ties_half_and_gives_the_wilson_interval():
@@ -36,24 +45,41 @@ def test_sequence_kl_sums_log_ratios_over_real_tokens_only():
     assert sequence_kl(lp, ref, mask).tolist() == pytest.approx([0.5, 1.5])
 
 
+def samples_of(response_mask: list[list[int]], has_eos: list[bool], prompt: list[list[int]]) -> Samples:
+    """Samples with the given prompt ids (0 = left padding) and response mask (token ids 5 under the mask)."""
+    from rlhf.ppo.models import position_ids_from_mask
+
+    prompt_ids = torch.tensor(prompt)
+    response_mask = torch.tensor(response_mask, dtype=torch.bool)
+    attention_mask = torch.cat([(prompt_ids != 0).long(), response_mask.long()], 1)
+    return Samples(
+        input_ids=torch.cat([prompt_ids, torch.where(response_mask, 5, 0)], 1),
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        prompt_width=prompt_ids.shape[1],
+        response_mask=response_mask,
+        has_eos=torch.tensor(has_eos),
+        texts=[f"r{i}" for i in range(len(has_eos))],
+    )
+
+
 def test_policy_summary_reports_length_and_eos_rate():
-    batch = {
-        "response_mask": torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]),
-        "has_eos": torch.tensor([True, False, True, True]),
-    }
-    summary = policy_summary(batch, torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    s = samples_of([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], [True, False, True, True], [[7]] * 4)
+    summary = policy_summary(s, torch.tensor([1.0, 2.0, 3.0, 6.0]))
     assert summary == {"reward_mean": 3.0, "length_mean": 2.25, "eos_rate": 0.75}
 
 
-def test_samples_of_batches_with_different_response_widths_merge():
+def test_samples_of_batches_with_different_widths_concatenate():
     """Generation stops when a whole batch has ended: a 48-prompt evaluation in batches of 16 came back 39 and 40
-    tokens wide and could not be concatenated."""
-    from rlhf.evaluation import merge_samples
-
-    a = {"response_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]), "has_eos": torch.tensor([True, True])}
-    b = {"response_mask": torch.tensor([[1, 1, 1, 1]]), "has_eos": torch.tensor([False])}
-    merged = merge_samples([a, b])
-    assert merged["response_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    tokens wide and could not be concatenated. Prompts of different widths are left-padded further, positions kept."""
+    a = samples_of([[1, 1, 0], [1, 0, 0]], [True, True], [[0, 7], [8, 9]])
+    b = samples_of([[1, 1, 1, 1]], [False], [[6, 7, 8]])
+    merged = concat_samples([a, b], pad_token_id=0)
+    assert merged.prompt_width == 3 and merged.input_ids.shape == (3, 7)
+    assert merged.response_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert merged.input_ids[0].tolist() == [0, 0, 7, 5, 5, 0, 0]
+    assert merged.position_ids[0, 2:5].tolist() == [0, 1, 2]  # the first real token is position 0, as before
+    assert merged.texts == ["r0", "r1", "r0"]
     summary = policy_summary(merged, torch.tensor([0.0, 1.0, 2.0]))
     assert summary["length_mean"] == pytest.approx(7 / 3) and summary["eos_rate"] == pytest.approx(2 / 3)
 
@@ -64,8 +90,62 @@ def test_left_pad_puts_tokens_on_the_right():
     assert mask.tolist() == [[1, 1], [0, 1]]
 
 
-def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
-    """End to end on a tiny policy compared with itself: every number is defined and self-consistent."""
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        ("47 minus 19 equals 28.", ["28", "twenty-eight"], True),
+        ("The answer is twenty-eight.", ["28", "twenty-eight"], True),
+        ("The answer is Twenty Eight!", ["28", "twenty-eight"], True),  # case, and a space for the hyphen
+        ("It is 128.", ["28", "twenty-eight"], False),  # not inside a longer number
+        ("It is 28.5 or so.", ["28"], False),
+        ("About 28,000 people.", ["28"], False),
+        ("It is 28, I think.", ["28"], True),  # a comma after the number is punctuation
+        ("Twenty-eight is 20 + 8.", ["eight"], False),  # not inside a hyphenated number
+        ("She has eighteen.", ["eight"], False),
+        ("The plural of woman is women.", ["women"], True),
+        ('The singular form of "woman" is "woman".', ["women"], False),
+        ("The capital of Brazil is Brasilia.", ["Brasília"], True),  # accents do not matter
+        ("The capital of Brazil is BRASÍLIA.", "Brasília", True),  # a single string is one answer
+        ("You say \u201cs\u2019il vous pla\u00eet\u201d.", ["s'il vous plaît"], True),
+        ("New Delhi is the capital.", ["New Delhi"], True),
+        ("Delhi is the capital.", ["New Delhi"], False),
+        ("A dog barks.", ["bark", "barks"], True),
+        ("Nothing here.", [], False),
+    ],
+)
+def test_matches_gold(response, gold, expected):
+    assert matches_gold(response, gold) is expected
+
+
+def test_gold_accuracy_counts_only_rows_with_ground_truth():
+    responses = ["It is 5.", "It is 6.", "Paris.", "Hello there."]
+    golds = [["5", "five"], ["7", "seven"], ["Paris"], []]
+    assert gold_accuracy(responses, golds) == {"accuracy": pytest.approx(2 / 3), "correct": 2, "rows": 3}
+    assert gold_accuracy(["anything"], [[]]) is None
+    with pytest.raises(ValueError):
+        gold_accuracy(["a"], [])
+
+
+def test_as_gold_reads_strings_lists_and_empty_cells():
+    assert as_gold("Paris") == ["Paris"]
+    assert as_gold(["28", "twenty-eight"]) == ["28", "twenty-eight"]
+    assert as_gold(None) == [] and as_gold(float("nan")) == [] and as_gold([]) == [] and as_gold("  ") == []
+    assert as_gold(28) == ["28"]
+
+
+def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
+    rewards = {"rm": (1.0, 2.0), "rm2": (1.0, 0.5)}
+    warnings = reward_hacking_warnings(rewards, gold_sft=0.6, gold_ppo=0.4, rows=50)
+    assert len(warnings) == 1 and "under rm rose (1.000 -> 2.000)" in warnings[0] and "0.600 -> 0.400" in warnings[0]
+    assert reward_hacking_warnings(rewards, gold_sft=0.4, gold_ppo=0.6, rows=50) == []  # answers got better
+    assert reward_hacking_warnings(rewards, gold_sft=0.5, gold_ppo=0.5, rows=50) == []
+    assert reward_hacking_warnings({"rm": (2.0, 1.0)}, gold_sft=0.6, gold_ppo=0.4, rows=50) == []
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
+    """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast: every number is defined
+    and self-consistent (sampling, log-probs and scores share one precision context)."""
     from transformers import AutoModelForSequenceClassification
 
     from tiny import ORCA_ROWS, write_rows
@@ -76,7 +156,12 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
-    data = write_rows(tmp_path / "heldout.jsonl", ORCA_ROWS)
+    # A gold column (what data/orca_sample/heldout.jsonl carries) on all rows but the last: the stages ignore it,
+    # the evaluation scores against it.
+    rows = [
+        {**row, "gold": [row["chosen"].split()[0]] if i < len(ORCA_ROWS) - 1 else []} for i, row in enumerate(ORCA_ROWS)
+    ]
+    data = write_rows(tmp_path / "heldout.jsonl", rows)
     out = tmp_path / "eval"
     result = run_script(
         "evaluate.py",
@@ -96,12 +181,45 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir):
         "6",
         "--batch_size",
         "3",  # two generation batches, merged
+        "--bf16",
+        str(bf16),
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"precision: {'bf16' if bf16 else 'no'} mixed precision" in result.stderr
     report = json.loads((out / "evaluation.json").read_text())
     assert report["prompts"] == 4
     # Same weights and the same sampling seed: identical responses, so every comparison is a tie and KL is 0.
     assert report["win_rate_rm"]["ties"] == 4 and report["win_rate_rm"]["win_rate"] == 0.5
     assert report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert report["rm_heldout"]["pairs"] == len(ORCA_ROWS)
-    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    gold_rows = [s for s in samples if "gold" in s]
+    assert report["gold"]["rows"] == len(gold_rows) == len(ORCA_ROWS) - 1
+    sft_correct = sum(s["sft_gold"] for s in gold_rows)
+    assert report["gold"]["sft"] == report["gold"]["ppo"] == pytest.approx(sft_correct / len(gold_rows))
+    assert report["warnings"] == []
+
+
+def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path):
+    from rlhf.pipeline.report import build_report
+
+    policy = {"reward_mean_rm": 1.0, "length_mean": 10.0, "eos_rate": 1.0}
+    ev = {
+        "prompts": 8,
+        "sft": dict(policy),
+        "ppo": {**policy, "reward_mean_rm": 2.0},
+        "win_rate_rm": {"win_rate": 0.75, "ci_low": 0.4, "ci_high": 0.9, "n": 8, "ties": 0},
+        "kl_ppo_sft": {"mean": 1.0, "max": 2.0},
+        "gold": {"rows": 6, "sft": 0.5, "ppo": 1 / 3},
+        "warnings": reward_hacking_warnings({"rm": (1.0, 2.0)}, 0.5, 1 / 3, 6),
+    }
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
+    report = build_report(tmp_path).read_text()
+    assert "| gold accuracy (6 prompts with ground truth) | 0.500 | 0.333 |" in report
+    assert "**Warning: reward hacking? the mean reward under rm rose (1.000 -> 2.000)" in report
+    del ev["gold"], ev["warnings"]  # data without ground truth: no row, no warning
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
+    report = build_report(tmp_path).read_text()
+    assert "gold accuracy" not in report and "Warning" not in report

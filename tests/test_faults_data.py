@@ -29,10 +29,11 @@ import pytest
 from transformers import AutoTokenizer, HfArgumentParser
 
 from conftest import run_forked
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import UsageError, run_main
-from rlhf.data import DataArguments, encode_split, load_pairs, load_rows
-from rlhf.prompt_format import resolve_prompt_format
+from rlhf.data.encoding import encode_split
+from rlhf.data.pairs import DataArguments, load_pairs, load_rows
+from rlhf.data.prompt_format import resolve_prompt_format
+from rlhf.errors import UsageError, run_main
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import write_rows
 
 NAN = float("nan")

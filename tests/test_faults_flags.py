@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import UsageError, run_main
-from rlhf.models import check_causal_lm_folder, check_reward_folder
+from rlhf.errors import UsageError, run_main
+from rlhf.models.loading import check_causal_lm_folder, check_reward_folder
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import build_tokenizer, write_rows
 
 ROWS = [
@@ -52,16 +52,20 @@ COMMON = {
     "split_nan": (["--validation_split_percentage", "nan"], ["--validation_split_percentage", "nan"], EARLY),
     "max_train_samples_negative": (["--max_train_samples", "-1"], ["--max_train_samples"], EARLY),
     "max_train_samples_zero": (["--max_train_samples", "0"], ["--max_train_samples"], EARLY),
-    "unknown_peft": (["--peft", "qlora"], ["--peft", "lora or none", "qlora"], EARLY),
+    "unknown_peft": (["--peft", "qlora"], ["--peft", "invalid choice", "qlora", "lora", "none"], EARLY),
     "unknown_prompt_template": (
         ["--prompt_template", "alpaca"],
-        ["--prompt_template", "auto, chat, plain, raw"],
+        ["--prompt_template", "invalid choice", "alpaca", "'auto', 'chat', 'plain', 'raw'"],
         EARLY,
     ),
     "unknown_dtype": (["--torch_dtype", "int8"], ["--torch_dtype", "int8"], EARLY),
     "lora_rank_zero": (["--lora_rank", "0"], ["--lora_rank"], EARLY),
     "lora_dropout_above_one": (["--lora_dropout", "1.5"], ["--lora_dropout"], EARLY),
-    "unknown_nonfinite_policy": (["--nonfinite_loss", "ignore"], ["--nonfinite_loss", "stop, skip"], EARLY),
+    "unknown_nonfinite_policy": (
+        ["--nonfinite_loss", "ignore"],
+        ["--nonfinite_loss", "invalid choice", "ignore", "'stop', 'skip'"],
+        EARLY,
+    ),
     "eval_strategy_without_eval_rows": (
         ["--eval_strategy", "steps", "--validation_split_percentage", "0"],
         ["--eval_strategy needs eval rows"],
@@ -268,6 +272,18 @@ def test_ppo_reward_model_folder_checks(tiny_dir, folders):
         check_causal_lm_folder(str(folders["reward"]), "model_name")
     check_reward_folder(str(folders["reward"]), "reward_model_name")
     check_causal_lm_folder(str(tiny_dir), "model_name")
+
+
+@pytest.mark.parametrize("value", ["-1", "-0.5", "nan"])
+def test_ppo_refuses_a_negative_missing_eos_penalty(value, tiny_dir, folders, data, tmp_path, capfd, loads):
+    """TRL's convention: a positive penalty is subtracted. The old sign (a negative number added) would turn a TRL
+    user's 1.0 into a reward for responses that never end, so a negative value is refused, never flipped."""
+    out = tmp_path / "ppo"
+    argv = ["--model_name", str(tiny_dir), "--reward_model_name", str(folders["reward"]), "--dataset_name", str(data)]
+    code, lines, printed = run("rl_training", [*argv, "--output_dir", str(out), "--missing_eos_penalty", value], capfd)
+    assert code == 2, printed[-3000:]
+    assert len(lines) == 1 and "--missing_eos_penalty" in lines[0] and "subtracted" in lines[0], lines
+    assert "Traceback" not in printed and loads == [] and not out.exists()
 
 
 def test_help_documents_the_fault_flags(capsys):

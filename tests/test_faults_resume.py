@@ -34,7 +34,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_forked, run_script
-from rlhf.checkpoint import COMPLETE_MARKER, latest_trainer_checkpoint, resolve_resume
+from rlhf.outputs.folders import COMPLETE_MARKER
+from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint, resolve_resume
 from tiny import write_rows
 
 STEPS = 6  # optimizer steps per run; checkpoints at 2, 4, 6
@@ -155,7 +156,7 @@ def scenarios(script: str, model: Path, data: Path, tmp: Path, extra: list[str])
 RESUME = ["reference", "killed", "killed_resumed", "sigterm", "sigterm_resumed"]
 FAULTS = ["reference", "enospc", "enospc_resumed", "fsize", "nan_stop", "nan_skip"]
 # (script, extra flags, scenarios). Every scenario runs for SFT; the reward-model stage shares the same code
-# (rlhf.stage) and runs the SIGTERM scenario by default, all others with the slow tests (-m slow).
+# (rlhf.stages.guard) and runs the SIGTERM scenario by default, all others with the slow tests (-m slow).
 STAGES = {
     "sft": ("sft.py", [], RESUME + ["enospc", "fsize", "nan_stop", "nan_skip"]),
     "rm": ("reward_modeling.py", ["--torch_dtype", "float32"], ["reference", "sigterm", "sigterm_resumed"]),
@@ -262,7 +263,7 @@ def test_half_written_checkpoint_is_never_latest(tmp_path):
     (tmp_path / "checkpoint-8" / "model.safetensors").write_bytes(b"")  # killed before trainer_state.json
     (tmp_path / "checkpoint-x").mkdir()
     assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-4")
-    from rlhf.cli import UsageError
+    from rlhf.errors import UsageError
 
     with pytest.raises(UsageError, match="incomplete checkpoint"):
         resolve_resume(str(tmp_path / "checkpoint-8"), tmp_path)
@@ -495,7 +496,7 @@ def test_a_model_with_nan_weights_is_never_saved(script, policy, expected, nan_m
     """``stop``: the first step stops the run. ``skip``: every step is skipped, and the final save refuses."""
     import importlib
 
-    from rlhf.cli import run_main
+    from rlhf.errors import run_main
 
     data = write_rows(tmp_path / "pairs.jsonl", ROWS[:8])
     out = tmp_path / "out"
@@ -534,7 +535,7 @@ def test_any_disk_full_error_is_one_line_and_exit_1(capfd):
     """Whatever was writing (a tokenizer, a cache, a tracker): ENOSPC/EDQUOT/EFBIG/EROFS end in one line."""
     import errno
 
-    from rlhf.cli import run_main
+    from rlhf.errors import run_main
 
     def full(argv):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/out/tokenizer.json")

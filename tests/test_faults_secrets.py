@@ -172,7 +172,7 @@ def is_true(value) -> bool:
 def test_repository_code_loads_and_saves_safely():
     problems = []
     files = python_files()
-    assert len(files) > 20 and ROOT / "rlhf" / "ppo_checkpoint.py" in files
+    assert len(files) > 20 and ROOT / "rlhf" / "ppo" / "checkpoint.py" in files
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         where = path.relative_to(ROOT)

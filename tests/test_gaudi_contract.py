@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.gaudi import on_gaudi_stack
+from rlhf.runtime.stack import on_gaudi_stack
 
 pytestmark = [
     pytest.mark.gaudi,
@@ -216,7 +216,7 @@ def assert_like_cuda_output(folder: Path, stage: str, tiny_dir: Path) -> None:
     later stages reuse, as the same resolution from the tokenizer gives; loadable tokenizer."""
     from transformers import AutoTokenizer
 
-    from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+    from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
 
     complete = json.loads((folder / "COMPLETE.json").read_text())
     assert complete["stage"] == stage and complete["adapter"] is True
@@ -298,7 +298,7 @@ def test_reward_model_trains_through_gaudi_reward_trainer_on_cpu(rm_run):
 def test_reward_output_folder_scores_pairs_like_the_cuda_path(rm_run, tiny_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf.reward import score_sequences
+    from rlhf.models.reward import score_sequences
 
     out, _ = rm_run
     assert_like_cuda_output(out, "reward_model", tiny_dir)
@@ -329,7 +329,7 @@ def test_ppo_runs_on_gaudi_accelerator_on_cpu(ppo_run):
 def test_ppo_output_folders_load(ppo_run, sft_run):
     from transformers import AutoModelForCausalLM
 
-    from rlhf.prompt_format import PromptFormat
+    from rlhf.data.prompt_format import PromptFormat
 
     out, _ = ppo_run
     final = out / "final"
@@ -346,12 +346,11 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
     """The reference's Gaudi command lines (SPEC.md) parse on this stack: TRL 1.x names, legacy names, Gaudi flags."""
     from transformers import HfArgumentParser
 
-    import reward_modeling
-    import sft
-    from rlhf.backend import BackendArguments
-    from rlhf.cli import HubArguments
-    from rlhf.data import DataArguments
-    from rlhf.stage import StageArguments
+    from rlhf.data.pairs import DataArguments
+    from rlhf.runtime.backend import BackendArguments
+    from rlhf.scripts import reward_modeling, sft
+    from rlhf.secrets import HubArguments
+    from rlhf.stages.flags import StageArguments
 
     sft_argv = (
         "--model_name_or_path M --bf16 True --dataset_name Intel/orca_dpo_pairs --dataset_concatenation "
@@ -362,10 +361,11 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--max_length 512 --completion_only_loss True"
     ).split()
     parser = HfArgumentParser(
-        (sft.ScriptArguments, StageArguments, DataArguments, sft.LoraArguments, HubArguments, BackendArguments)
+        (sft.ScriptArguments, sft.SFTModelArguments, StageArguments, DataArguments, HubArguments, BackendArguments)
         + (sft.SFTArguments,)
     )
-    script, stage, _, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    script, model, stage, _, hub, backend, train = parser.parse_args_into_dataclasses(args=sft_argv)
+    assert model.use_fast_tokenizer is False and model.peft == "lora"
     assert script.dataset_concatenation and stage.overwrite_output_dir and stage.evaluation_strategy == "no"
     assert backend.use_habana and backend.use_lazy_mode and backend.device == "hpu"
     assert train.max_length == 512 and train.completion_only_loss is True and train.num_train_epochs == 3
@@ -376,7 +376,7 @@ def test_one_set_of_flags_parses_the_reference_gaudi_command_lines():
         "--gaudi_config_name Habana/gpt2"
     ).split()
     parser = HfArgumentParser(
-        (reward_modeling.ScriptArguments, StageArguments, DataArguments, reward_modeling.RewardLoraArguments)
+        (reward_modeling.ScriptArguments, reward_modeling.RewardModelArguments, StageArguments, DataArguments)
         + (HubArguments, BackendArguments, reward_modeling.RewardArguments)
     )
     *_, backend, train = parser.parse_args_into_dataclasses(args=rm_argv)
@@ -389,9 +389,9 @@ def test_training_arguments_on_an_hpu(tmp_path):
     from optimum.habana import GaudiTrainingArguments
     from transformers import HfArgumentParser
 
-    import reward_modeling
-    from rlhf.backend import Backend, BackendArguments
-    from rlhf.gaudi import gaudi_training_kwargs
+    from rlhf.runtime.backend import Backend, BackendArguments
+    from rlhf.runtime.gaudi import gaudi_training_kwargs
+    from rlhf.scripts import reward_modeling
 
     argv = ["--output_dir", str(tmp_path), "--learning_rate", "2e-5", "--ddp_find_unused_parameters", "True"]
     argv += ["--use_habana", "--use_lazy_mode", "--gaudi_config_name", "Habana/llama", "--bf16", "True"]
@@ -409,16 +409,16 @@ def test_training_arguments_on_an_hpu(tmp_path):
     assert on_cpu["use_habana"] is False and on_cpu["use_cpu"] is True and on_cpu["gaudi_config_name"] is None
 
     train.fp16 = True
-    from rlhf.cli import UsageError
+    from rlhf.errors import UsageError
 
     with pytest.raises(UsageError, match="--fp16 is not supported by optimum-habana"):
         gaudi_training_kwargs(train, Backend("hpu", lazy_mode=True), backend_args, GaudiTrainingArguments)
 
 
 def test_gaudi_config_from_flags_or_a_local_file(tmp_path):
-    from rlhf.backend import Backend, BackendArguments
-    from rlhf.cli import UsageError
-    from rlhf.gaudi import gaudi_config
+    from rlhf.errors import UsageError
+    from rlhf.runtime.backend import Backend, BackendArguments
+    from rlhf.runtime.gaudi import gaudi_config
 
     hpu = Backend("hpu", lazy_mode=True)
     default = gaudi_config(hpu, BackendArguments(), bf16=True)
@@ -441,8 +441,8 @@ def test_gaudi_config_from_flags_or_a_local_file(tmp_path):
 def test_ppo_runtime_on_an_hpu_uses_the_bridge():
     """--use_habana --use_lazy_mode: mark_step is htcore.mark_step and generation asks optimum-habana for lazy mode
     and HPU graphs (the stand-in bridge says which bridge function would run); eager mode uses neither."""
-    from rlhf.backend import Backend
-    from rlhf.gaudi import GaudiRuntime
+    from rlhf.runtime.backend import Backend
+    from rlhf.runtime.gaudi import GaudiRuntime
 
     lazy = GaudiRuntime.for_backend(Backend("hpu", lazy_mode=True))
     assert lazy.generate_kwargs == {"lazy_mode": True, "hpu_graphs": True, "ignore_eos": False}

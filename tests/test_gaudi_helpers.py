@@ -18,8 +18,10 @@ import torch
 from test_ppo_engine import TOL, make_engine, prompts
 from transformers import AutoTokenizer
 
-from rlhf.backend import Backend
-from rlhf.gaudi import AnswerOnlyCollator, DeviceRuntime, GaudiRuntime, on_gaudi_stack, pack_features
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.device import DeviceRuntime
+from rlhf.runtime.gaudi import AnswerOnlyCollator, GaudiRuntime, pack_features
+from rlhf.runtime.stack import on_gaudi_stack
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,7 +33,7 @@ def one_thread():
 
 
 def test_normal_stack_is_not_the_gaudi_stack():
-    # This venv has TRL 1.x: the scripts use TRL's trainers and accelerate's Accelerator (rlhf.backend).
+    # This venv has TRL 1.x: the scripts use TRL's trainers and accelerate's Accelerator (rlhf.runtime.stack).
     assert on_gaudi_stack() is False
 
 
@@ -104,8 +106,8 @@ def tokenizer(tiny_dir):
 def scorer(tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rlhf.ppo_models import RewardScorer
-    from rlhf.prompt_format import PromptFormat
+    from rlhf.data.prompt_format import PromptFormat
+    from rlhf.models.reward import RewardScorer
 
     torch.manual_seed(123)
     config = LlamaConfig(

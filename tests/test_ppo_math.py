@@ -1,4 +1,4 @@
-"""Tests for rlhf.ppo_math against slow, loop-based reference implementations.
+"""Tests for rlhf.ppo.math against slow, loop-based reference implementations.
 
 Each vectorised function is compared to a plain-Python reference that walks
 batch and time one element at a time (in float64 via ``math``), on random
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo_math import (
+from rlhf.ppo.math import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,
@@ -555,9 +555,12 @@ def test_missing_eos_penalty_matches_loop(seed: int) -> None:
     scores = torch.randn(8, generator=g)
     has_eos = torch.rand(8, generator=g) > 0.5
     has_eos[0], has_eos[1] = True, False
-    out = missing_eos_penalty(scores, has_eos, -1.0)
-    expected = [float(scores[b]) + (0.0 if has_eos[b] else -1.0) for b in range(8)]
+    out = missing_eos_penalty(scores, has_eos, 1.0)  # TRL's convention: a positive penalty is subtracted
+    expected = [float(scores[b]) - (0.0 if has_eos[b] else 1.0) for b in range(8)]
     assert_close(out, expected)
+    for bad in (-1.0, float("nan")):  # the opposite sign would reward responses that never end
+        with pytest.raises(ValueError, match="must be >= 0"):
+            missing_eos_penalty(scores, has_eos, bad)
     same = missing_eos_penalty(scores, has_eos, None)
     assert torch.equal(same, scores)
     same[0] += 1.0

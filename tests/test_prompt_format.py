@@ -9,9 +9,10 @@ import pytest
 import trl
 from transformers import AutoTokenizer
 
-from rlhf.cli import UsageError
-from rlhf.data import Pair, encode_pairs, reward_features, sft_features
-from rlhf.prompt_format import FILENAME, PromptFormat, resolve_prompt_format
+from rlhf.data.encoding import encode_pairs, reward_features, sft_features
+from rlhf.data.pairs import Pair
+from rlhf.data.prompt_format import FILENAME, PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError
 from tiny import CHATML, ORCA_ROWS, write_rows
 
 

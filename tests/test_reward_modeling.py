@@ -11,18 +11,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import free_port, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import run_main
-from rlhf.data import Pair, encode_pairs, reward_features
-from rlhf.prompt_format import PromptFormat
-from rlhf.reward import (
-    STATS_FILE,
-    load_reward_stats,
-    preference_metrics,
-    reward_stats,
-    save_reward_stats,
-    score_sequences,
-)
+from rlhf.data.encoding import encode_pairs, reward_features
+from rlhf.data.pairs import Pair
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.errors import run_main
+from rlhf.evaluation import preference_metrics
+from rlhf.models.reward import STATS_FILE, load_reward_stats, reward_stats, save_reward_stats, score_sequences
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import write_rows
 
 TOKEN = "hf_TESTtokenQ8zR3xV1k9mN"
@@ -84,6 +79,47 @@ def test_scores_do_not_depend_on_right_padding(tiny_dir):
     assert model.training  # dropout was off for scoring only; the mode is restored
 
 
+def test_scores_come_back_in_input_order_when_batched_by_length(tiny_dir):
+    """score_sequences batches sequences of similar length together (less padding); the order must not change."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1)
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    texts = ["2 plus 3 is 5.", "The capital of France is Paris. The capital of Italy is Rome.", "Sorry.", "It is 8."]
+    sequences = [tok(t + "<|im_end|>")["input_ids"] for t in texts * 2]
+    one_by_one = torch.cat([score_sequences(model, [s], tok.pad_token_id) for s in sequences])
+    in_pairs = score_sequences(model, sequences, tok.pad_token_id, batch_size=2)
+    torch.testing.assert_close(in_pairs, one_by_one, atol=1e-5, rtol=0)
+    assert len(set(one_by_one.tolist())) == len(texts)  # distinct scores: a permutation would be caught
+    assert torch.equal(in_pairs[: len(texts)], in_pairs[len(texts) :])  # equal sequences: bit-equal scores
+
+
+@pytest.mark.parametrize("peft", [True, False])
+def test_a_bf16_base_with_float32_trainable_weights_runs_without_autocast(tiny_dir, peft):
+    """--torch_dtype bfloat16 keeps the frozen base in bf16 and the trained weights (score head, LoRA) in float32.
+    Without autocast (fp32 runs, optimum-habana's trainer on a CPU, FSDP without mixed precision) the float32 head
+    still gets float32 input: the forward and backward run, and the gradients are float32."""
+    from transformers import AutoTokenizer
+
+    from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
+    from rlhf.scripts.reward_modeling import RewardModelArguments
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    args = RewardModelArguments(model_name_or_path=str(tiny_dir), peft="lora" if peft else "none")
+    model = load_reward_model(str(tiny_dir), tok, token=None, dtype=torch.bfloat16, trained=False)
+    model = with_lora(model, args.peft_config("SEQ_CLS", modules_to_save=["score"]))
+    upcast_trainable(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    if peft:
+        assert any(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    ids = torch.tensor([[5, 17, 99, 230, 41], [7, 300, 12, 8, 9]])
+    score = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert score.dtype == torch.float32 and score.shape == (2, 1)
+    score.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable if p.grad is not None)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
 def test_help_documents_the_reference_flags(capsys):
     reward_modeling = importlib.import_module("reward_modeling")
     with pytest.raises(SystemExit) as exit_:
@@ -102,12 +138,15 @@ def test_help_documents_the_reference_flags(capsys):
 # In process: full fine-tune, no held-out rows
 
 
-def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_dir, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_dir, tmp_path, bf16):
+    """The reward statistics are those of the trained model, scored in the precision the stage trained in (bf16
+    autocast or fp32): the same scores computed here agree to that precision's rounding."""
     reward_modeling = importlib.import_module("reward_modeling")
     data = write_rows(tmp_path / "pairs.jsonl", arithmetic_rows(6))
     out = tmp_path / "rm"
     flags = "--validation_split_percentage 0 --peft none --torch_dtype float32 --max_steps 2 --report_to none "
-    flags += "--save_strategy no --per_device_train_batch_size 2"
+    flags += f"--save_strategy no --per_device_train_batch_size 2 --bf16 {bf16}"
     paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)]
     assert reward_modeling.main([*paths, *flags.split()]) == 0
     assert (out / COMPLETE_MARKER).is_file() and not (out / "adapter").exists()
@@ -120,11 +159,14 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
     pairs = [Pair(r["system"], r["question"], r["chosen"], r["rejected"]) for r in arithmetic_rows(6)]
     features = reward_features(encode_pairs(pairs, tok, PromptFormat.load(out), None))
-    scores = score_sequences(
-        model, [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features], tok.pad_token_id
-    )
-    assert scores.mean().item() == pytest.approx(stats["mean"], abs=1e-5)
-    assert scores.std(unbiased=False).item() == pytest.approx(stats["std"], abs=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        scores = score_sequences(
+            model, [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features], tok.pad_token_id
+        )
+    # fp32: the same numbers to float32 rounding; bf16: 8 mantissa bits, scores of order 1, other batch shapes.
+    tol = 2e-2 if bf16 else 1e-5
+    assert scores.mean().item() == pytest.approx(stats["mean"], abs=tol)
+    assert scores.std(unbiased=False).item() == pytest.approx(stats["std"], abs=tol)
 
 
 # ----------------------------------------------------------------------------------------------------------------

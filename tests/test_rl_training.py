@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.ppo_checkpoint import find_latest, resolve_checkpoint
-from rlhf.prompt_format import PromptFormat
+from rlhf.data.prompt_format import PromptFormat
+from rlhf.outputs.folders import COMPLETE_MARKER
+from rlhf.ppo.checkpoint import find_latest, resolve_checkpoint
 from tiny import ORCA_ROWS, write_rows
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -120,9 +120,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 
 
 def metrics(out: Path) -> list[dict]:
-    """metrics.jsonl rows without the wall-clock timings (the only values allowed to differ between runs)."""
+    """metrics.jsonl rows without the wall-clock timings and the episodes per second (the only values allowed to
+    differ between runs)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith("time/") and k != "eps"} for row in rows]
 
 
 def trainable(folder: Path) -> dict[str, torch.Tensor]:
@@ -144,6 +145,11 @@ USAGE_CASES = {
     "tracker": (["--log_with", "bogus"], "--log_with"),
     "rm is a causal LM": (["--reward_model_name", "{tiny_dir}"], "ForSequenceClassification"),
     "habana": (["--use_habana"], "--use_habana"),
+    "fp16 on a cpu": (["--fp16", "True"], "--fp16: fp16 mixed precision needs a CUDA GPU"),
+    "both precisions": (["--fp16", "True", "--bf16", "True"], "--bf16 and --fp16 are exclusive"),
+    "negative grad norm": (["--max_grad_norm", "-1"], "--max_grad_norm"),
+    "scheduler": (["--lr_scheduler_type", "step"], "--lr_scheduler_type"),
+    "warmup ratio": (["--warmup_ratio", "1.5"], "--warmup_ratio"),
 }
 
 
@@ -171,7 +177,7 @@ def keep_logging():
 def test_usage_errors_are_one_line_exit_2(case, tiny_dir, rm_dir, rows, tmp_path, capsys, keep_logging):
     """In-process through the CLI entry point (run_main) to keep it fast; the next test runs one as a process."""
     import rl_training
-    from rlhf.cli import run_main
+    from rlhf.errors import run_main
 
     extra, expected = USAGE_CASES[case]
     extra = [arg.format(tiny_dir=tiny_dir) for arg in extra]
@@ -224,10 +230,15 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
         "objective/scores",
         "objective/rlhf_reward",
         "objective/entropy",
-        "policy/approxkl",
-        "policy/clipfrac",
-        "loss/policy",
-        "loss/value",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "policy/entropy_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio_var",
+        "lr",
+        "episode",
         "val/ratio",
         "val/num_eos_tokens",
         "env/reward_mean",
@@ -235,7 +246,8 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
         "objective/kl_coef",
     ):
         assert key in rows[0], key
-    assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["ppo/learning_rate"] == 1.4e-5
+    assert rows[0]["objective/kl_coef"] == 0.2 and rows[0]["lr"] == 1.4e-5 and rows[0]["episode"] == 8
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["eps"] > 0  # episodes per second
     assert 32 <= rows[0]["tokens/responses_len_mean"] < 128
     final = out / "final"
     assert (final / COMPLETE_MARKER).is_file() and (final / "model.safetensors").is_file()
@@ -266,16 +278,39 @@ def wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path):
+# ``python -c PAUSED script args...``: the script, each PPO step followed by a one-second pause. On a fast machine the
+# tiny runs take a fraction of a second per step; a signal meant for "after step N" must not find the run finished.
+PAUSED = """
+import runpy, sys, time
+import rlhf.ppo.engine
+update = rlhf.ppo.engine.PPOEngine.update
+def paused(self, rollout):
+    out = update(self, rollout)
+    time.sleep(1.0)
+    return out
+rlhf.ppo.engine.PPOEngine.update = paused
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path, bf16):
     """4 steps straight == 2 steps, SIGKILL once step_2 is complete, then resume 'latest' for the rest: same final
-    trainable weights (bit for bit) and the same logged metrics (time/* aside). Half-written folders planted before
-    the resume (a complete-looking .tmp-step_4-*, a step_3 without its marker) must not be taken for the latest
-    checkpoint. Same for SIGTERM after the first step: the run checkpoints the step it is in and exits 143."""
+    trainable weights (bit for bit) and the same logged metrics (time/* aside), in fp32 and in bf16 mixed precision.
+    Half-written folders planted before the resume (a complete-looking .tmp-step_4-*, a step_3 without its marker)
+    must not be taken for the latest checkpoint. Same for SIGTERM after the first step: the run checkpoints the step
+    it is in and exits 143."""
     straight, killed, termed = tmp_path / "straight", tmp_path / "killed", tmp_path / "termed"
     script = str(ROOT / "rl_training.py")
-    args = {"steps": 32, "save_freq": 2, "response_length": 12}
+    args = {"steps": 32, "save_freq": 2, "response_length": 12, "bf16": bf16}
     runs = (straight, killed, termed)
-    procs = {out: popen([script, *base_args(tiny_dir, rm_dir, rows, out, **args)]) for out in runs}
+    procs = {
+        out: popen(
+            [*(["-c", PAUSED] if out != straight else []), script, *base_args(tiny_dir, rm_dir, rows, out, **args)]
+        )
+        for out in runs
+    }
     wait_for(termed / "metrics.jsonl", procs[termed], "first step")
     procs[termed].send_signal(signal.SIGTERM)
     wait_for(killed / "step_2" / COMPLETE_MARKER, procs[killed], "step_2 checkpoint")
@@ -359,7 +394,7 @@ def test_half_written_checkpoints_are_never_latest(tmp_path):
     assert find_latest(tmp_path) == tmp_path / "step_10"
     assert resolve_checkpoint("latest", tmp_path) == tmp_path / "step_10"
     assert resolve_checkpoint(None, tmp_path) is None
-    from rlhf.cli import UsageError
+    from rlhf.errors import UsageError
 
     with pytest.raises(UsageError, match="not a complete PPO checkpoint"):
         resolve_checkpoint(str(tmp_path / "step_16"), tmp_path)
@@ -374,26 +409,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(flags: list[str]) -> subprocess.Popen:
+def torchrun(flags: list[str], env: dict | None = None) -> subprocess.Popen:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    return popen([*launcher, "--master_port", str(free_port()), str(ROOT / "rl_training.py"), *flags, "--debug"])
+    argv = [*launcher, "--master_port", str(free_port()), str(ROOT / "rl_training.py"), *flags, "--debug"]
+    return popen(argv, env)
 
 
 def kl_coefs_per_rank(stderr: str) -> dict[int, dict[int, str]]:
     """{rank: {step: repr(kl_coef)}} from the per-rank debug lines of rl_training."""
     coefs: dict[int, dict[int, str]] = {0: {}, 1: {}}
     for line in stderr.splitlines():
-        if "rl_training: rank " in line and ": kl_coef " in line:
-            head, value = line.split("rl_training: rank ", 1)[1].split(": kl_coef ")
+        if "rlhf.ppo.trainer: rank " in line and ": kl_coef " in line:
+            head, value = line.split("rlhf.ppo.trainer: rank ", 1)[1].split(": kl_coef ")
             rank, step = head.split(" step ")
             coefs[int(rank)][int(step)] = value.strip()
     return coefs
 
 
-def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path, mixed_precision):
     """torchrun --nproc_per_node 2 (gloo): both ranks finish, agree on the KL coefficient at every step (each
     logs its own under --debug), and only rank 0 writes metrics and checkpoints. Resuming step_2 on 2 processes
-    (each rank gets its own random state back) reproduces step 3 exactly."""
+    (each rank gets its own random state back) reproduces step 3 exactly. The precision comes from accelerate's
+    environment (ACCELERATE_MIXED_PRECISION, what ``accelerate launch`` with a config sets): under bf16 autocast the
+    KL to the reference is still exactly 0 before the first update, because every forward shares that context."""
+    env = {"ACCELERATE_MIXED_PRECISION": mixed_precision}
     out, resumed = tmp_path / "out", tmp_path / "resumed"
     # 4 prompts per rank x 2 ranks = 8 per step; 24 prompts -> 3 steps. A small --kl_target makes the adaptive
     # coefficient move every step.
@@ -405,9 +445,10 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
         "save_freq": 2,
         "kl_target": 0.01,
     }
-    proc = torchrun(base_args(tiny_dir, rm_dir, rows, out, **settings))
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, out, **settings), env)
     stdout, stderr = finish(proc, timeout=180)
     assert proc.returncode == 0, stderr[-4000:]
+    assert f"precision: {mixed_precision} mixed precision, weights in float32" in stderr
 
     coefs = kl_coefs_per_rank(stderr)
     assert sorted(coefs[0]) == [1, 2, 3], stderr[-4000:]
@@ -416,12 +457,15 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path):
 
     rows_logged = metrics(out)
     assert [r["step"] for r in rows_logged] == [1, 2, 3]  # one writer: no duplicated lines
+    assert abs(rows_logged[0]["objective/kl"]) < 1e-6
+    assert rows_logged[0]["policy/first_minibatch_max_abs_logratio"] < 1e-5  # ratio 1 before the first update
+    assert rows_logged[1]["objective/kl"] != 0  # it is 0 because nothing was updated yet, not by construction
     assert float(coefs[0][2]) == pytest.approx(rows_logged[2]["objective/kl_coef"], rel=1e-12)
     assert (out / "step_2" / COMPLETE_MARKER).is_file() and (out / "final" / COMPLETE_MARKER).is_file()
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
     assert len(torch.load(out / "final" / "rng.pt", weights_only=True)["ranks"]) == 2
 
-    proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"))
+    proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"), env)
     stdout, stderr = finish(proc, timeout=180)
     assert proc.returncode == 0, stderr[-4000:]
     assert metrics(resumed) == metrics(out)[2:]

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from rlhf.cli import HubArguments, public_dict, redact, scrub_argv
-from rlhf.stage import protect_secrets
+from rlhf.secrets import HubArguments, protect_secrets, public_dict, redact, scrub_argv
 from tiny import ORCA_ROWS, write_rows
 
 TOKEN = "hf_SECRETaccess7Qw2Xe9"
@@ -69,7 +68,7 @@ def test_protect_secrets_moves_tokens_out_of_saved_objects(monkeypatch):
 def test_use_auth_token_true_is_a_documented_no_op(monkeypatch, caplog):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     hub = HubArguments(use_auth_token="True")
-    with caplog.at_level(logging.WARNING, logger="rlhf.stage"):
+    with caplog.at_level(logging.WARNING, logger="rlhf.secrets"):
         protect_secrets(hub)
     assert hub.token is None and "HF_TOKEN" not in os.environ
     assert "--use_auth_token True has no effect" in caplog.text
@@ -77,7 +76,7 @@ def test_use_auth_token_true_is_a_documented_no_op(monkeypatch, caplog):
 
 @pytest.mark.parametrize("module, config", [("sft", "SFTArguments"), ("reward_modeling", "RewardArguments")])
 def test_remote_code_is_not_trusted_by_default(module, config, tmp_path):
-    args = getattr(importlib.import_module(module), config)(output_dir=str(tmp_path))
+    args = getattr(importlib.import_module(f"rlhf.scripts.{module}"), config)(output_dir=str(tmp_path))
     assert args.trust_remote_code is False
 
 

@@ -12,10 +12,11 @@ import trl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import free_port, run_forked, run_script
-from rlhf.checkpoint import COMPLETE_MARKER
-from rlhf.cli import UsageError
-from rlhf.data import Pair, encode_pairs, sft_features
-from rlhf.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.data.encoding import encode_pairs, sft_features
+from rlhf.data.pairs import Pair
+from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
+from rlhf.errors import UsageError
+from rlhf.outputs.folders import COMPLETE_MARKER
 from tiny import ORCA_ROWS, write_rows
 
 ROWS = ORCA_ROWS + [
@@ -178,10 +179,12 @@ def test_full_fine_tune_with_a_tokenizer_without_pad_or_chat_template(tiny_plain
 def test_the_nonfinite_check_reuses_the_trainers_gradient_norm(tiny_dir, data_file, tmp_path, monkeypatch):
     """The NaN/inf guard reads the global gradient norm the Trainer took for this step (clipping), instead of a
     second pass over every gradient; after training the accelerator's own method is back."""
-    import rlhf.stage
+    import rlhf.stages.guard
 
     own_passes = []
-    monkeypatch.setattr(rlhf.stage, "_total_norm", lambda grads: own_passes.append(1) or torch.tensor(float("nan")))
+    monkeypatch.setattr(
+        rlhf.stages.guard, "_total_norm", lambda grads: own_passes.append(1) or torch.tensor(float("nan"))
+    )
     trainer = run_capturing(quick_args(tiny_dir, data_file, tmp_path / "out", "--max_grad_norm", "1.0"))
     assert own_passes == []  # a pass of its own would have returned NaN and stopped the run
     assert trainer.state.global_step == 2
@@ -311,8 +314,8 @@ def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(
     """--lora_layers with all-linear: LoRA weights only in the listed decoder layers, and no gradient work below."""
     from peft import get_peft_model
 
-    from rlhf.models import LoraArguments, parse_layers
-    from rlhf.stage import check_lora_targets
+    from rlhf.models.arguments import ModelArguments, parse_layers
+    from rlhf.models.loading import check_lora_targets
 
     assert parse_layers("0, 3-5,4") == [0, 3, 4, 5]
     for bad in ("top-2", "5-3", "", "1,,2"):
@@ -320,7 +323,7 @@ def test_lora_layers_adapt_only_the_listed_layers_and_backprop_stops_below_them(
             parse_layers(bad)
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
-    config = LoraArguments(lora_layers="1").peft_config("CAUSAL_LM")
+    config = ModelArguments(model_name_or_path=str(tiny_dir), lora_layers="1").peft_config("CAUSAL_LM")
     check_lora_targets(base, config)
     model = get_peft_model(base, config)
     adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_modules() if name.endswith("lora_A")}

@@ -11,8 +11,8 @@ Formats:
   template cannot change the rendering.
 * ``plain`` — for tokenizers without a chat template::
 
-      {system}\\n\\n          (only when system is non-empty)
-      ### Question:\\n{question}\\n\\n### Answer:\\n{answer}{eos}
+      {system}\n\n          (only when system is non-empty)
+      ### Question:\n{question}\n\n### Answer:\n{answer}{eos}
 
 * ``raw`` — the reference example's bare concatenation ``system + question``, answer appended directly.
 
@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
 
 FILENAME = "prompt_format.json"
+
+
 TEMPLATE_CHOICES = ("auto", "chat", "plain", "raw")
 
 

@@ -1,6 +1,6 @@
 """Write ``<run>/report.md`` with PNG plots from a pipeline run's outputs (sft/, rm/, ppo/, eval/).
 
-    python -m rlhf.report --run out/demo
+    python -m rlhf.pipeline.report --run out/demo
 
 Every section is drawn from files the stages wrote; a missing stage is reported as missing, never invented.
 """
@@ -148,6 +148,11 @@ def build_report(run: Path) -> Path:
                 f"| mean reward ({judge}) | {_fmt(ev['sft'][f'reward_mean_{judge}'])} | "
                 f"{_fmt(ev['ppo'][f'reward_mean_{judge}'])} |"
             )
+        if ev.get("gold"):  # ground truth next to the reward models' opinion: rewards can rise while answers get worse
+            g = ev["gold"]
+            lines.append(
+                f"| gold accuracy ({g['rows']} prompts with ground truth) | {_fmt(g['sft'])} | {_fmt(g['ppo'])} |"
+            )
         lines.append(
             f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | {_fmt(ev['ppo']['length_mean'])} |"
         )
@@ -168,6 +173,8 @@ def build_report(run: Path) -> Path:
                     f"{h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f} ({h['pairs']} pairs)"
                 )
         lines.append("")
+        for warning in ev.get("warnings", []):
+            lines += [f"**Warning: {warning}**", ""]
         samples = _jsonl(run / "eval" / "samples.jsonl")[:5]
         if samples:
             lines += ["### Samples", ""]
@@ -188,7 +195,7 @@ def build_report(run: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rlhf.pipeline.report", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="pipeline output folder (holding sft/, rm/, ppo/, eval/)")
     args = parser.parse_args(argv)
     run = Path(args.run)

@@ -15,9 +15,55 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
 
-logger = logging.getLogger("rlhf.distributed")
+logger = logging.getLogger("rlhf.runtime.distributed")
+
+
+class Collectives:
+    """Every agreement between processes the project needs, in one place: whether any process says yes, the mean
+    of some numbers, an object from the main process. Plain ``torch.distributed`` (what accelerate, the Trainer and
+    DeepSpeed all initialise: gloo, NCCL or HCCL); a single process communicates nothing."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = torch.device(device)
+
+    @property
+    def world_size(self) -> int:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def any(self, *flags: bool) -> Any:
+        """Whether any process raised each flag (one flag: a bool; several: a tuple), in one collective."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            tensor = torch.tensor([float(f) for f in flags], device=self.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flags = tuple(bool(v) for v in tensor.tolist())
+        return bool(flags[0]) if len(flags) == 1 else tuple(bool(f) for f in flags)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes (float64), in one collective."""
+        if self.world_size == 1:
+            return {k: float(v) for k, v in values.items()}
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return dict(zip(keys, (tensor / self.world_size).tolist(), strict=True))
+
+    def broadcast(self, value: Any) -> Any:
+        """``value`` of the main process, on every process (a small picklable object)."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def deepspeed_stage(accelerator: Any) -> int | None:
@@ -144,17 +190,6 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
         ]
 
 
-def broadcast_from_main(accelerator: Any, value: Any) -> Any:
-    """``value`` of the main process, on every process (a small picklable object)."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    box = [value]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
 @contextmanager
 def full_parameters(accelerator: Any, wrapped: nn.Module):
     """Let code call submodules of a sharded model directly (``generate`` on the policy's LM, the reference
@@ -190,6 +225,18 @@ def generation_kwargs(accelerator: Any) -> dict[str, Any]:
     return {"synced_gpus": True} if shards_parameters(accelerator) and accelerator.num_processes > 1 else {}
 
 
+def frozen_weights_dtype(accelerator: Any, dtype: Any) -> Any:
+    """The dtype for models that are only run next to the policy (a frozen reference copy, the reward model).
+
+    DeepSpeed and FSDP mixed precision compute the policy with its *parameters* in bf16/fp16, not under autocast
+    alone; frozen models stored in float32 would compute differently (norms, residual sums) and the KL to a frozen
+    reference would not start at 0. They take the same low-precision weights there; elsewhere ``dtype`` stands.
+    """
+    if deepspeed_stage(accelerator) is None and not is_fsdp(accelerator):
+        return dtype
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, dtype)
+
+
 def frozen_model_loading(accelerator: Any) -> Any:
     """Context for loading models that are only run, never trained (reward model, frozen reference) under ZeRO-3.
 
@@ -215,19 +262,21 @@ def without_zero3_init():
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-def configure_deepspeed_for_ppo(accelerator: Any, mini_batch_size: int, max_grad_norm: float | None) -> None:
+def configure_deepspeed_for_ppo(
+    accelerator: Any, mini_batch_size: int, accumulation: int, max_grad_norm: float
+) -> None:
     """Fill the DeepSpeed settings that accelerate cannot infer without a data loader.
 
-    The PPO loop runs its own gradient accumulation (it marks the accumulation boundary through
-    ``accelerator.sync_gradients``), so DeepSpeed accumulates 1 micro-batch per "step" in its own bookkeeping.
+    The PPO loop accumulates ``accumulation`` minibatches per optimizer step through ``accelerator.accumulate``;
+    DeepSpeed counts the same micro-batches and steps its optimizer at the same boundary.
     """
     if deepspeed_stage(accelerator) is None:
         return
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = mini_batch_size
-    config["gradient_accumulation_steps"] = 1
-    config["train_batch_size"] = mini_batch_size * accelerator.num_processes
-    config["gradient_clipping"] = 0.0 if max_grad_norm is None else max_grad_norm
+    config["gradient_accumulation_steps"] = accumulation
+    config["train_batch_size"] = mini_batch_size * accumulation * accelerator.num_processes
+    config["gradient_clipping"] = max_grad_norm  # 0: off, as for the PPO loop itself
 
 
 def ppo_optimizer(accelerator: Any, params: list[nn.Parameter], lr: float, adafactor: bool) -> torch.optim.Optimizer:
@@ -252,24 +301,6 @@ def ppo_optimizer(accelerator: Any, params: list[nn.Parameter], lr: float, adafa
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-@contextmanager
-def accumulation_boundary(accelerator: Any, last: bool):
-    """Tell DeepSpeed whether this backward ends a gradient-accumulation group (it steps the optimizer only then).
-
-    Without DeepSpeed the PPO loop steps the optimizer itself and this changes nothing.
-    """
-    if deepspeed_stage(accelerator) is None:
-        yield
-        return
-    state = accelerator.gradient_state
-    before = state.sync_gradients
-    state._set_sync_gradients(last)
-    try:
-        yield
-    finally:
-        state._set_sync_gradients(before)
-
-
 def all_finite(accelerator: Any, grads: list[torch.Tensor]) -> bool:
     """Whether every gradient is free of NaN/inf. Sharded gradients (FSDP) are checked shard by shard and the
     processes agree; replicated ones (DDP, already all-reduced) give the same answer everywhere without a
@@ -284,10 +315,9 @@ def all_finite(accelerator: Any, grads: list[torch.Tensor]) -> bool:
         finite = all(bool(torch.isfinite(g).all()) for g in local)
     else:
         finite = bool(torch.isfinite(total_norm(local)))
-    if not is_fsdp(accelerator) or accelerator.num_processes == 1:
+    if not is_fsdp(accelerator):
         return finite
-    flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
-    return accelerator.reduce(flag, reduction="sum").item() == 0
+    return not Collectives(accelerator.device).any(not finite)
 
 
 def check_quantized_launch(quantization: Any, environ: dict[str, str] | None = None) -> None:

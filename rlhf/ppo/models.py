@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rlhf.ppo_math import entropy_from_logits, logprobs_from_logits
-from rlhf.prompt_format import PromptFormat
-from rlhf.reward import score_sequences
+from rlhf.ppo.math import entropy_from_logits, logprobs_from_logits
 
 
 class PolicyWithValue(nn.Module):
@@ -21,7 +19,7 @@ class PolicyWithValue(nn.Module):
     Implementation Details of RLHF with PPO", Huang et al. 2024).
     """
 
-    def __init__(self, lm: nn.Module, value_dropout: float = 0.0) -> None:
+    def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
         hidden = (
@@ -51,7 +49,10 @@ class PolicyWithValue(nn.Module):
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         hidden = out.hidden_states[-1]
-        values = self.value_head(hidden.float()).squeeze(-1)
+        # The value head runs in float32 even under autocast: values feed GAE, and bf16's 8 bits of mantissa would
+        # quantise them to ~0.4%.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            values = self.value_head(hidden.float()).squeeze(-1)
         return out.logits, values
 
 
@@ -77,29 +78,23 @@ def response_logprobs(
     )
 
 
+def causal_lm_logprobs(
+    lm: Any, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, prompt_width: int, temperature: float
+) -> Tensor:
+    """Log-probs ``(B, T)`` of the response tokens under a plain causal LM (PPO's reference; either policy in
+    evaluation), from float32 logits of the response positions only (the LM head is a large share of a small
+    model's compute)."""
+    logits = lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=input_ids.shape[1] - prompt_width + 1,
+    ).logits
+    return response_logprobs(logits.float(), input_ids, prompt_width, temperature)[0]
+
+
 def adapter_disabled(model: nn.Module) -> Any:
     """Context in which a PEFT model computes with its base weights only (the frozen reference policy)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if disable is not None else nullcontext()
-
-
-class RewardScorer:
-    """Scores (prompt, response) text with a reward model, in the prompt format that model was trained on."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.fmt = fmt
-
-    def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
-        from rlhf.data import encode_completion, encode_text
-
-        prompt = self.fmt.render_prompt(system, question, self.tokenizer)
-        return encode_text(self.tokenizer, prompt, self.fmt) + encode_completion(self.tokenizer, response_text)
-
-    @torch.no_grad()
-    def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
-        """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
-        ``responses`` end with the EOS text when the policy stopped."""
-        sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
-        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))

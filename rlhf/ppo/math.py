@@ -36,6 +36,7 @@ __all__ = [
     "truncate_after_eos",
 ]
 
+
 _KL_ESTIMATORS = ("k1", "k3")
 
 
@@ -291,7 +292,8 @@ def clipped_policy_loss(
     returns a scalar loss and a dict of detached scalar stats:
     ``clipfrac`` (fraction of valid tokens where the clipped term was strictly
     larger, i.e. selected by the max), ``approxkl``
-    (``0.5 * mean((logp - old)^2)``), ``ratio_mean`` and ``ratio_max``.
+    (``0.5 * mean((logp - old)^2)``), ``ratio_mean``, ``ratio_var`` (unbiased
+    where there are >= 2 tokens) and ``ratio_max``.
     ``loss = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``.
 
     Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
@@ -313,6 +315,7 @@ def clipped_policy_loss(
             "clipfrac": masked_mean((clipped > unclipped).float(), m).detach(),
             "approxkl": (0.5 * masked_mean(log_ratio.detach() ** 2, m)).detach(),
             "ratio_mean": masked_mean(ratio_d, m),
+            "ratio_var": masked_var(ratio_d, m),
             "ratio_max": torch.where(m, ratio_d, float("-inf")).max(),
         }
     return loss, stats
@@ -403,21 +406,26 @@ class AdaptiveKLController:
 
 
 def missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float | None) -> Tensor:
-    """Add ``penalty`` to the score of every response that never emitted EOS.
+    """Subtract ``penalty`` from the score of every response that never emitted EOS.
 
     Shapes: ``scores`` ``(B,)``, ``has_eos`` ``(B,)`` bool; returns ``(B,)``.
-    ``penalty`` is normally negative (e.g. ``-1.0``); ``None`` returns an
-    unchanged copy. Discourages the policy from exploiting the reward model
-    with rambling, truncated answers.
+    TRL's convention: ``penalty`` is a positive number (e.g. ``1.0``) that is
+    *subtracted*; a negative one raises ``ValueError`` (with the opposite
+    convention a TRL user's ``1.0`` would reward responses that never end).
+    ``None`` returns an unchanged copy. Discourages the policy from exploiting
+    the reward model with rambling, truncated answers.
 
     Source: Huang et al. 2024, "The N Implementation Details of RLHF with PPO"
-    (penalise completions that do not end with EOS).
+    (penalise completions that do not end with EOS); sign as TRL's
+    ``missing_eos_penalty``.
     """
     if has_eos.shape != scores.shape:
         raise ValueError(f"has_eos {tuple(has_eos.shape)} vs scores {tuple(scores.shape)}")
     if penalty is None:
         return scores.clone()
-    return torch.where(has_eos.to(torch.bool), scores, scores + penalty)
+    if not penalty >= 0:  # NaN fails too
+        raise ValueError(f"missing_eos_penalty must be >= 0 (it is subtracted from the score), got {penalty}")
+    return torch.where(has_eos.to(torch.bool), scores, scores - penalty)
 
 
 def normalize_scores(

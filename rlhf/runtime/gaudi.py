@@ -17,38 +17,25 @@ Nothing here imports optimum-habana or habana_frameworks at module import: the C
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from rlhf.cli import UsageError
+from rlhf.errors import UsageError
+from rlhf.runtime.device import DeviceRuntime
 
-logger = logging.getLogger("rlhf.gaudi")
+logger = logging.getLogger("rlhf.runtime.gaudi")
 
-# TRL releases that optimum-habana's trl integration builds on (it pins 0.9.6; TRL 1.x removed that API).
-LEGACY_TRL_MAJOR = 0
-
-
-def on_gaudi_stack() -> bool:
-    """True when the installed libraries are the optimum-habana stack (optimum-habana with TRL 0.x)."""
-    try:
-        trl_major = int(importlib.metadata.version("trl").split(".")[0])
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    if trl_major > LEGACY_TRL_MAJOR:
-        return False
-    try:
-        return importlib.util.find_spec("optimum.habana") is not None
-    except (ImportError, ValueError):
-        return False
+GAUDI_INSTALL_HINT = (
+    "install Habana's SynapseAI software with its PyTorch bridge (habana_frameworks, see Habana's installation "
+    "guide) and then `pip install -r requirements-gaudi.txt -c constraints-gaudi.txt`"
+)
 
 
 def import_optimum_habana() -> Any:
@@ -56,21 +43,15 @@ def import_optimum_habana() -> Any:
     try:
         import optimum.habana as oh
     except (ImportError, IndexError, OSError) as err:  # IndexError: no habana-torch-plugin in `pip list`
-        from rlhf.backend import GAUDI_INSTALL_HINT
-
         raise UsageError(
             f"optimum-habana is installed but cannot be imported ({type(err).__name__}: {err}); {GAUDI_INSTALL_HINT}"
         ) from None
     return oh
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Flags: TRL 1.x names on the transformers 4.55 stack
-
-
 @dataclass
 class _LegacyTrainingArguments(TrainingArguments):
-    """transformers 4.55's TrainingArguments less what the scripts define themselves (rlhf.stage.StageArguments)."""
+    """transformers 4.55's TrainingArguments less what the scripts define themselves (rlhf.stages.flags)."""
 
     overwrite_output_dir: bool = field(default=False, init=False)  # --overwrite_output_dir: StageArguments'
 
@@ -93,15 +74,6 @@ class LegacyRewardConfig(_LegacyTrainingArguments):
 
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
     max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
-
-
-def trainer_config_base(kind: str) -> type:
-    """The dataclass a script's training flags extend: TRL's SFTConfig/RewardConfig, or the legacy ones above."""
-    if on_gaudi_stack():
-        return {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
-    import trl
-
-    return {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
 
 
 # Our flags that optimum-habana rejects or that we set ourselves.
@@ -189,10 +161,6 @@ def prepare_hpu(lazy_mode: bool) -> None:
     adapt_transformers_to_gaudi()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data for the old trainers: same features as the CUDA path (rlhf.data), collated the way trl 0.9.6 needs
-
-
 def pack_features(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """``--dataset_concatenation`` / ``--packing``: whole examples, in order, into rows of at most ``max_length``.
 
@@ -260,10 +228,6 @@ def reward_pairs(features: list[dict[str, list[int]]]) -> list[dict[str, list[in
     ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Trainers
-
-
 def carry_gaudi_generation_config(model: Any) -> None:
     """GaudiTrainer reads Gaudi-only generation options (attn_softmax_bf16, use_flash_attention, ...) from the
     model's generation config. On an HPU, adapt_transformers_to_gaudi (prepare_hpu) makes every model load with a
@@ -303,22 +267,23 @@ def gaudi_sft_trainer(
             return ds
         return Dataset.from_list(pack_features(ds.to_list(), args.max_length))
 
-    carry_gaudi_generation_config(model)
     collator = AnswerOnlyCollator(
         processing_class.pad_token_id,
         completion_only_loss=args.completion_only_loss is not False,
         pad_to=args.max_length if backend.is_gaudi else None,
     )
-    return GaudiSFTTrainer(
-        model=model,
-        args=gaudi_args,
-        gaudi_config=gaudi_config(backend, backend_args, args.bf16),
-        data_collator=collator,
-        train_dataset=prepared(train_dataset),
-        eval_dataset=prepared(eval_dataset),
-        tokenizer=processing_class,
+    return _trainer(
+        GaudiSFTTrainer,
+        backend,
+        backend_args,
+        model,
+        args,
+        gaudi_args,
+        collator,
+        [prepared(train_dataset), prepared(eval_dataset)],
+        callbacks,
+        tokenizer=processing_class,  # trl 0.9.6's name
         peft_config=peft_config,
-        callbacks=callbacks,
     )
 
 
@@ -344,22 +309,50 @@ def gaudi_reward_trainer(
     def prepared(ds: Any) -> Any:
         return None if ds is None else Dataset.from_list(reward_pairs(ds.to_list()))
 
-    carry_gaudi_generation_config(model)
     static = backend.is_gaudi
     collator = RewardDataCollatorWithPadding(
         tokenizer=processing_class,
         padding="max_length" if static else True,
         max_length=args.max_length if static else None,
     )
-    return GaudiRewardTrainer(
+    return _trainer(
+        GaudiRewardTrainer,
+        backend,
+        backend_args,
+        model,
+        args,
+        gaudi_args,
+        collator,
+        [prepared(train_dataset), prepared(eval_dataset)],
+        callbacks,
+        processing_class=processing_class,
+    )
+
+
+def _trainer(
+    cls: type,
+    backend: Any,
+    backend_args: Any,
+    model: Any,
+    args: Any,
+    gaudi_args: Any,
+    collator: Any,
+    datasets: list[Any],
+    callbacks: list[Any],
+    **kwargs: Any,
+) -> Any:
+    """A Gaudi trainer of ``cls`` with what both stages give it: the model (its generation config made Gaudi's),
+    arguments, Gaudi config, collator, train/eval datasets, callbacks."""
+    carry_gaudi_generation_config(model)
+    return cls(
         model=model,
         args=gaudi_args,
         gaudi_config=gaudi_config(backend, backend_args, args.bf16),
         data_collator=collator,
-        train_dataset=prepared(train_dataset),
-        eval_dataset=prepared(eval_dataset),
-        processing_class=processing_class,
+        train_dataset=datasets[0],
+        eval_dataset=datasets[1],
         callbacks=callbacks,
+        **kwargs,
     )
 
 
@@ -369,23 +362,6 @@ def gaudi_accelerator(backend: Any, **kwargs: Any) -> Any:
     from optimum.habana.accelerate import GaudiAccelerator
 
     return GaudiAccelerator(cpu=not backend.is_gaudi, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The PPO engine's device hooks: lazy-mode graph breaks and HPU graphs for no-grad forwards
-
-
-class DeviceRuntime:
-    """What the PPO engine asks the device for. This base does nothing: CPU and CUDA need no hooks."""
-
-    generate_kwargs: dict[str, Any] = {}  # extra keyword arguments of ``generate`` (never mutated)
-
-    def mark_step(self) -> None:
-        """End of a lazy-mode graph (after backward, after the optimizer step, after a rollout forward)."""
-
-    def graphs(self, module: torch.nn.Module | None) -> Any:
-        """Context in which ``module``'s forward (no-grad) runs as a cached HPU graph (None: nothing to graph)."""
-        return nullcontext()
 
 
 class GaudiRuntime(DeviceRuntime):

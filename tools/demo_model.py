@@ -31,7 +31,7 @@ Tokenizer fixes applied (and why):
 
 Usage::
 
-    python -m rlhf.demo_model --out .cache/demo-model [--force]
+    python tools/demo_model.py --out .cache/demo-model [--force]
 """
 
 from __future__ import annotations
@@ -538,8 +538,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rlhf.demo_model --out DIR [--force] [--dtype float32]``."""
-    parser = argparse.ArgumentParser(prog="python -m rlhf.demo_model", description=__doc__.splitlines()[0])
+    """``python tools/demo_model.py --out DIR [--force] [--dtype float32]``."""
+    parser = argparse.ArgumentParser(prog="python tools/demo_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".cache/demo-model", help="output folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="saved weight dtype")

@@ -1,0 +1,204 @@
+"""Does PPO's gain over SFT hold for every seed? ``make bench-learning`` (``python -m bench.learning``).
+
+    python -m bench.learning [--config configs/demo.json] [--seeds 0,1,2] [--output out/demo]
+
+One SFT policy and one pair of reward models (the config's ``sft``, ``rm``, ``rm2`` stages, reused when already
+complete in ``--output``: after ``make demo`` only PPO and evaluation run), then for each seed PPO (``--seed S``) and
+the evaluation (sampling seed ``S``), with every other flag from the config. Each seed's win rate under the held-out
+judge (rm2, else rm) with its 95% interval, gold accuracy of SFT and PPO, KL(PPO || SFT) and PPO's EOS rate go into
+a table, with the worst seed underneath; ``out/bench/learning.json`` keeps the numbers and BENCHMARKS.md gets the
+table in its "Learning" section (``make bench`` keeps that section when it rewrites the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench.common import OUT, ROOT, machine
+
+SECTION_START, SECTION_END = "<!-- learning:start -->", "<!-- learning:end -->"
+TARGET_MIN_WIN_RATE = 0.65
+
+
+def seed_row(seed: int, ev: dict) -> dict:
+    """The numbers of one seed's evaluation.json that the table shows."""
+    judge = "rm2" if "win_rate_rm2" in ev else "rm"
+    win = ev[f"win_rate_{judge}"]
+    gold = ev.get("gold") or {}
+    return {
+        "seed": seed,
+        "judge": judge,
+        "win_rate": win["win_rate"],
+        "ci_low": win["ci_low"],
+        "ci_high": win["ci_high"],
+        "n": win["n"],
+        "ties": win["ties"],
+        "gold_sft": gold.get("sft"),
+        "gold_ppo": gold.get("ppo"),
+        "gold_rows": gold.get("rows"),
+        "kl": ev["kl_ppo_sft"]["mean"],
+        "eos_sft": ev["sft"]["eos_rate"],
+        "eos_ppo": ev["ppo"]["eos_rate"],
+        "warnings": ev.get("warnings", []),
+    }
+
+
+def worst(rows: list[dict]) -> dict:
+    """The worst value of each column over the seeds: lowest win rate, interval bound, gold gain and EOS rate,
+    highest KL."""
+    gains = [r["gold_ppo"] - r["gold_sft"] for r in rows if r["gold_sft"] is not None]
+    return {
+        "win_rate": min(r["win_rate"] for r in rows),
+        "ci_low": min(r["ci_low"] for r in rows),
+        "gold_gain": min(gains) if gains else None,
+        "kl": max(r["kl"] for r in rows),
+        "eos_ppo": min(r["eos_ppo"] for r in rows),
+    }
+
+
+def _gold(row: dict) -> str:
+    if row["gold_sft"] is None:
+        return "–"
+    return f"{row['gold_sft']:.3f} → {row['gold_ppo']:.3f} ({row['gold_rows']} prompts)"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per seed and the worst value of each column."""
+    lines = [
+        "| seed | PPO win rate over SFT (95% CI, n, ties) | gold accuracy SFT → PPO | KL(PPO ‖ SFT) | EOS rate PPO |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['win_rate']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}, n={r['n']}, {r['ties']}) "
+            f"| {_gold(r)} | {r['kl']:.2f} | {r['eos_ppo']:.3f} |"
+        )
+    w = worst(rows)
+    gain = "–" if w["gold_gain"] is None else f"{w['gold_gain']:+.3f} (smallest gain)"
+    lines.append(
+        f"| **worst** | **{w['win_rate']:.3f}** (lowest CI bound {w['ci_low']:.3f}) | {gain} | {w['kl']:.2f} "
+        f"| {w['eos_ppo']:.3f} |"
+    )
+    return "\n".join(lines)
+
+
+def section(result: dict) -> str:
+    rows = result["seeds"]
+    w = worst(rows)
+    met = "met" if w["win_rate"] >= TARGET_MIN_WIN_RATE else "**not met**"
+    return f"""{SECTION_START}
+## Learning across seeds (`make bench-learning`)
+
+Generated on {result["when"]} in {result["minutes"]:.1f} minutes ({result["host"]}; load average
+{result["load"]}). One SFT policy and one pair of reward models from `{result["config"]}`, then PPO and the
+evaluation for each seed (PPO `--seed S`, evaluation sampling seed S), every other flag from the config. Judge:
+{rows[0]["judge"]}, the reward model PPO never saw; win rate on held-out prompts, ties count half.
+
+{table(rows)}
+
+Target (issue 13): lowest win rate over the seeds >= {TARGET_MIN_WIN_RATE}: {w["win_rate"]:.3f}, {met}.
+{SECTION_END}"""
+
+
+def replace_section(text: str, new: str) -> str:
+    """``text`` with its learning section replaced by ``new`` (appended when it has none)."""
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        return head + new + rest.split(SECTION_END, 1)[1]
+    return text.rstrip() + "\n\n" + new + "\n"
+
+
+def extract_section(text: str) -> str | None:
+    """The learning section of ``text``, markers included, or None."""
+    if SECTION_START not in text or SECTION_END not in text:
+        return None
+    return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
+
+
+def host() -> str:
+    from rlhf.runtime.precision import native_bf16
+
+    info = machine()
+    precision = os.environ.get("RLHF_NATIVE_BF16")
+    kind = "native bf16" if native_bf16() else "no native bf16"
+    forced = f", RLHF_NATIVE_BF16={precision}" if precision is not None else ""
+    return f"{info['cpu']}, {info['cores']} cores, {kind}{forced}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlhf.outputs.folders import is_complete
+    from rlhf.pipeline.config import load_config
+    from rlhf.pipeline.runner import main as pipeline
+    from rlhf.pipeline.runner import run_stage
+    from rlhf.pipeline.stages import build_stages
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.json")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated PPO/evaluation seeds")
+    parser.add_argument("--output", help="the pipeline folder holding (or to hold) sft/, rm/, rm2/ (default: config)")
+    parser.add_argument("--force", action="store_true", help="rerun seeds whose evaluation is complete")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    config = load_config(args.config, {"output": args.output})
+    out = Path(config["output"])
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+
+    # The SFT policy and reward models, through the pipeline (skipped when complete and unchanged).
+    base = ",".join(name for name in ("sft", "rm", "rm2") if name == "sft" or name in config)
+    if pipeline(["--config", args.config, "--output", str(out), "--stages", base]) != 0:
+        print("bench-learning: the SFT / reward-model stages failed", file=sys.stderr)
+        return 1
+
+    stages = {s.name: s for s in build_stages(config)}
+    rows = []
+    for seed in seeds:
+        folder = out / "seeds" / f"seed_{seed}"
+        # The config's command lines with this seed's folders and seed appended: the last occurrence of a flag wins.
+        ppo_argv = [*stages["ppo"].argv, "--output_dir", str(folder / "ppo"), "--seed", str(seed)]
+        eval_argv = [*stages["eval"].argv, "--ppo_model", str(folder / "ppo" / "final")]
+        eval_argv += ["--output_dir", str(folder / "eval"), "--seed", str(seed)]
+        for name, stage_argv, done in (
+            (f"ppo_seed{seed}", ppo_argv, folder / "ppo" / "final"),
+            (f"eval_seed{seed}", eval_argv, folder / "eval"),
+        ):
+            print(f"\n== seed {seed}: $ {shlex.join(stage_argv)}", flush=True)
+            if is_complete(done) and not args.force:
+                print(f"   skipped: {done} is complete (--force to redo)", flush=True)
+                continue
+            t0 = time.perf_counter()
+            log = out / "logs" / f"{name}.log"
+            code, _ = run_stage(stage_argv, log)
+            if code:
+                print(f"bench-learning: {name} failed (log: {log})", file=sys.stderr)
+                return 1
+            print(f"   {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        evaluation = json.loads((folder / "eval" / "evaluation.json").read_text(encoding="utf-8"))
+        rows.append(seed_row(seed, evaluation))
+    result = {
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "minutes": (time.perf_counter() - start) / 60,
+        "host": host(),
+        "load": "{:.1f} / {:.1f} / {:.1f} (1/5/15 min)".format(*os.getloadavg()),
+        "config": args.config,
+        "seeds": rows,
+        "worst": worst(rows),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "learning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("\n" + table(rows))
+    bench_md = ROOT / "BENCHMARKS.md"
+    old = bench_md.read_text(encoding="utf-8") if bench_md.is_file() else "# Benchmarks\n"
+    bench_md.write_text(replace_section(old, section(result)), encoding="utf-8")
+    print(f"wrote {OUT / 'learning.json'} and the learning section of {bench_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Scoring with a reward model (token ids or text in its own prompt format) and its saved reward statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rlhf.data.prompt_format import PromptFormat
+
+STATS_FILE = "reward_stats.json"
+
+
+@torch.no_grad()
+def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Reward of each token sequence, shape ``(n,)``, float32; equal sequences get equal scores.
+
+    Sequences are right-padded with ``pad_token_id`` (distinct from EOS), so the head reads the last real token,
+    the same convention as the reward-model training collator.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # dropout off: a reward must not depend on a random mask
+    # Each distinct sequence is scored once, so identical responses get identical scores (an exact tie, whatever
+    # batch they would have landed in); batches of similar lengths waste little on padding. Scores come back in the
+    # input order.
+    index: dict[tuple[int, ...], int] = {}
+    slot = [index.setdefault(tuple(seq), len(index)) for seq in sequences]
+    unique = [list(seq) for seq in index]
+    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
+    out = []
+    for start in range(0, len(unique), batch_size):
+        chunk = [unique[i] for i in order[start : start + batch_size]]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        out.append(logits[:, 0].float().cpu())
+    model.train(was_training)
+    if not out:
+        return torch.zeros(0)
+    scores = torch.empty(len(unique))
+    scores[torch.tensor(order)] = torch.cat(out)
+    return scores[torch.tensor(slot)]
+
+
+def reward_stats(scores: torch.Tensor) -> dict[str, float]:
+    """Mean and standard deviation of rewards, used by PPO to normalise scores."""
+    return {
+        "mean": scores.float().mean().item(),
+        "std": scores.float().std(unbiased=False).item(),
+        "n": int(scores.numel()),
+    }
+
+
+def save_reward_stats(folder: str | Path, stats: dict[str, Any]) -> None:
+    (Path(folder) / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+
+def load_reward_stats(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / STATS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def same_tokenization(a: Any, b: Any) -> bool:
+    """Whether two tokenizers turn text into the same ids: the same vocabulary, added tokens, normalizer and
+    pre-tokenizer (fast tokenizers: their whole serialized pipeline, padding/truncation settings aside)."""
+    if a is b:
+        return True
+    backend_a, backend_b = getattr(a, "backend_tokenizer", None), getattr(b, "backend_tokenizer", None)
+    if backend_a is not None and backend_b is not None:
+
+        def pipeline(backend: Any) -> dict[str, Any]:
+            data = json.loads(backend.to_str())
+            data.pop("padding", None)
+            data.pop("truncation", None)
+            return data
+
+        return pipeline(backend_a) == pipeline(backend_b)
+    return type(a) is type(b) and a.get_vocab() == b.get_vocab()
+
+
+class RewardScorer:
+    """Scores (prompt, response) with a reward model, in the prompt format that model was trained on.
+
+    ``reads_policy_ids`` (see ``accepts_ids_of``) is True when the reward model shares the policy's tokenizer and
+    prompt format: PPO then scores the policy's own token ids (``score_ids``). A decode -> re-encode round trip can
+    change the ids (a sampled "Hel" + "lo" comes back as "Hello"), and with them the score (measured up to 0.187 on
+    the demo's reward model).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.reads_policy_ids = False
+
+    def accepts_ids_of(self, policy_tokenizer: Any, policy_fmt: PromptFormat) -> bool:
+        """Whether the policy's token ids can be scored as they are (same tokenizer and prompt format); remembered
+        in ``reads_policy_ids``."""
+        self.reads_policy_ids = policy_fmt == self.fmt and same_tokenization(self.tokenizer, policy_tokenizer)
+        return self.reads_policy_ids
+
+    def token_ids(self, system: str, question: str, response_text: str) -> list[int]:
+        from rlhf.data.encoding import encode_completion, encode_text
+
+        prompt = self.fmt.render_prompt(system, question, self.tokenizer)
+        return encode_text(self.tokenizer, prompt, self.fmt) + encode_completion(self.tokenizer, response_text)
+
+    @torch.no_grad()
+    def __call__(self, systems: list[str], questions: list[str], responses: list[str]) -> Tensor:
+        """Scores, shape ``(B,)`` float32, in one forward (the engine chunks by ``--forward_batch_size``).
+        ``responses`` end with the EOS text when the policy stopped."""
+        sequences = [self.token_ids(s, q, r) for s, q, r in zip(systems, questions, responses, strict=True)]
+        return self.score_ids(sequences)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: list[list[int]]) -> Tensor:
+        """Scores of prompt + response token ids already in this model's vocabulary and format, ``(B,)``."""
+        return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))
+
+
+def load_scorer(
+    name: str,
+    *,
+    token: str | None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quantization: Any | None = None,
+    device: Any = None,
+    fallback_format: PromptFormat | None = None,
+    flag: str = "reward_model_name",
+) -> RewardScorer:
+    """A trained reward model, frozen, with its own tokenizer and the prompt format it was trained on (its
+    ``prompt_format.json``; ``fallback_format`` for a model without one)."""
+    from rlhf.data.prompt_format import resolve_prompt_format
+    from rlhf.models.loading import frozen, load_reward_model, load_tokenizer
+
+    tokenizer = load_tokenizer(name, token, trust_remote_code=trust_remote_code)
+    model = load_reward_model(
+        name,
+        tokenizer,
+        token=token,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        quantization=quantization,
+        flag=flag,
+    )
+    fmt = PromptFormat.load(name) or fallback_format or resolve_prompt_format("auto", tokenizer, None)
+    return RewardScorer(frozen(model, device), tokenizer, fmt)

@@ -1,0 +1,133 @@
+"""The one seam between the two library stacks: TRL 1.x + accelerate, or optimum-habana (Gaudi).
+
+Scripts and the PPO engine ask here for trainers, the accelerator and device hooks; only this module reaches
+``rlhf.runtime.gaudi``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rlhf.cli import cpu_only
+from rlhf.errors import UsageError
+from rlhf.runtime.device import module_available
+from rlhf.runtime.gaudi import (
+    GAUDI_INSTALL_HINT,
+    GaudiRuntime,
+    LegacyRewardConfig,
+    LegacySFTConfig,
+    gaudi_accelerator,
+    gaudi_reward_trainer,
+    gaudi_sft_trainer,
+    import_optimum_habana,
+    prepare_hpu,
+)
+from rlhf.runtime.precision import default_bf16
+
+if TYPE_CHECKING:  # annotations only: the backend module imports this one
+    from rlhf.runtime.backend import Backend, BackendArguments
+
+
+def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's SFTTrainer, or GaudiSFTTrainer on the Gaudi stack (rlhf.runtime.gaudi). ``kwargs``: SFTTrainer's names."""
+    if on_gaudi_stack():
+        return gaudi_sft_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.SFTTrainer(**kwargs)
+
+
+def build_reward_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
+    """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.runtime.gaudi); ``kwargs``: its names."""
+    if on_gaudi_stack():
+        return gaudi_reward_trainer(backend, backend_args, **kwargs)
+    import trl
+
+    return trl.RewardTrainer(**kwargs)
+
+
+def build_accelerator(backend: Backend, **kwargs: Any) -> Any:
+    """accelerate's Accelerator, or GaudiAccelerator on the Gaudi stack."""
+    if on_gaudi_stack():
+        return gaudi_accelerator(backend, **kwargs)
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=backend.name == "cpu", **kwargs)
+
+
+def device_runtime(backend: Backend) -> Any:
+    """The PPO engine's device hooks: lazy-mode mark_step and HPU graphs on Gaudi, nothing elsewhere."""
+    return GaudiRuntime.for_backend(backend)
+
+
+# TRL releases that optimum-habana's trl integration builds on (it pins 0.9.6; TRL 1.x removed that API).
+LEGACY_TRL_MAJOR = 0
+
+
+def on_gaudi_stack() -> bool:
+    """True when the installed libraries are the optimum-habana stack (optimum-habana with TRL 0.x)."""
+    try:
+        trl_major = int(importlib.metadata.version("trl").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if trl_major > LEGACY_TRL_MAJOR:
+        return False
+    try:
+        return importlib.util.find_spec("optimum.habana") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def trainer_config_base(kind: str) -> type:
+    """The dataclass a Trainer stage's flags extend (``kind``: sft or reward): TRL's SFTConfig/RewardConfig (the
+    Gaudi stack's stand-ins for them there), with what every Trainer stage here shares: bf16 by default only where
+    it is native and measured faster (decided when the flags are parsed, so RLHF_NATIVE_BF16 counts), the CPU when
+    there is no GPU, and --trust_remote_code taken from the model flags (rlhf.models.arguments)."""
+    if on_gaudi_stack():
+        base = {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
+    else:
+        import trl
+
+        base = {"sft": trl.SFTConfig, "reward": trl.RewardConfig}[kind]
+    stage = {"sft": "sft", "reward": "rm"}[kind]
+
+    @dataclass
+    class TrainerConfig(base):
+        use_cpu: bool = field(default=cpu_only(), metadata={"help": "Train on the CPU (default: when no GPU)."})
+        bf16: bool | None = field(
+            default=None,
+            metadata={
+                "help": "bf16 mixed precision (autocast; weights and optimizer state stay float32). Default: on where "
+                "bf16 is native (recent GPUs, Gaudi, CPUs with AVX512-BF16/AMX) and measured faster for this stage, "
+                "off where it would be emulated (README, Precision; RLHF_NATIVE_BF16=0|1 overrides the detection)."
+            },
+        )
+        trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code: the model flags'
+
+        def __post_init__(self) -> None:
+            if self.bf16 is None:
+                self.bf16 = default_bf16(stage) and not self.fp16
+            super().__post_init__()
+
+    TrainerConfig.__name__ = TrainerConfig.__qualname__ = base.__name__
+    return TrainerConfig
+
+
+def prepare_stack(use_habana: bool, lazy_mode: bool) -> None:
+    """Check that the installed libraries fit the run, before anything is loaded. ``--use_habana`` needs the Habana
+    software and the optimum-habana stack, and sets the HPU up (before any model exists); on the optimum-habana
+    stack without it, optimum-habana must still import, since its trainers do the work."""
+    if use_habana:
+        if not module_available("habana_frameworks"):
+            raise UsageError(f"--use_habana: the Habana software is not installed; {GAUDI_INSTALL_HINT}")
+        if not module_available("optimum.habana"):
+            raise UsageError(f"--use_habana: optimum-habana is not installed; {GAUDI_INSTALL_HINT}")
+        if not on_gaudi_stack():
+            raise UsageError(
+                f"--use_habana: optimum-habana needs trl 0.9.6 (this environment has TRL 1.x); {GAUDI_INSTALL_HINT}"
+            )
+        prepare_hpu(lazy_mode)
+    elif on_gaudi_stack():
+        import_optimum_habana()

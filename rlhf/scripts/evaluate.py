@@ -1,0 +1,291 @@
+"""Evaluate RLHF: does the PPO policy beat the SFT policy on held-out prompts, and is the reward model any good?
+
+    python evaluate.py --sft_model out/sft --ppo_model out/ppo/final --reward_model out/rm \\
+        --second_reward_model out/rm2 --dataset_name data/orca_sample/heldout.jsonl --output_dir out/eval
+    python evaluate.py --config eval.yaml                  (flags in a YAML file; command-line flags override it)
+
+For each held-out prompt, one response is sampled from each policy, the way PPO samples (rlhf/ppo/sampling.py), at
+the PPO run's temperature unless --temperature says otherwise. Reported in ``evaluation.json``: mean reward of each
+policy under the trained reward model and under a second reward model PPO never saw (if given: reward hacking shows
+up as a gap between the two); the win rate of PPO over SFT under each, with a 95% Wilson interval (ties count
+half); KL(PPO || SFT) in nats per response; mean response length; EOS rate; and the reward model's strict held-out
+accuracy, tie rate and margin on the pairs (margins in ``margins.json``). Where the data has ground truth (a
+``gold`` column: the accepted answers, ignored by the training stages), the gold accuracy of each policy: how often
+its response contains the answer (``rlhf.evaluation.matches_gold``); a warning is logged and saved when a reward
+model's mean reward rises from SFT to PPO while gold accuracy falls. ``samples.jsonl`` holds every prompt with both
+responses and their scores; ``seconds`` in evaluation.json says where the time went. Every folder and flag is
+checked, and the reward models loaded, before any generation. Works on any user's model folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.cli import parse_arguments, setup_logging
+from rlhf.data.pairs import DataArguments, load_rows, validate_and_split
+from rlhf.data.prompt_format import resolve_prompt_format
+from rlhf.data.prompts import build_prompts
+from rlhf.errors import UsageError, run_main
+from rlhf.evaluation import (
+    as_gold,
+    gold_accuracy,
+    matches_gold,
+    policy_summary,
+    preference_metrics,
+    reward_hacking_warnings,
+    sequence_kl,
+    win_rate,
+)
+from rlhf.models.arguments import LoadArguments
+from rlhf.models.loading import check_causal_lm_folder, frozen, load_causal_lm, load_tokenizer
+from rlhf.models.reward import load_scorer, score_sequences
+from rlhf.outputs.folders import published
+from rlhf.ppo.checkpoint import load_ppo_config
+from rlhf.ppo.models import causal_lm_logprobs
+from rlhf.ppo.sampling import Samples, concat_samples, sample
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.precision import PrecisionArguments, autocast
+from rlhf.secrets import HubArguments, protect_secrets
+
+logger = logging.getLogger("evaluate")
+
+
+@dataclass
+class EvalArguments:
+    sft_model: str = field(default=None, metadata={"help": "The SFT policy folder (or hub name).", "required": True})
+    ppo_model: str = field(
+        default=None, metadata={"help": "The PPO policy (rl_training.py output_dir/final).", "required": True}
+    )
+    reward_model: str = field(
+        default=None, metadata={"help": "The reward model PPO was trained against.", "required": True}
+    )
+    second_reward_model: str | None = field(
+        default=None,
+        metadata={"help": "A reward model PPO never saw (e.g. trained on other data), for an independent judgement."},
+    )
+    output_dir: str = field(default="out/eval", metadata={"help": "Where evaluation.json and samples go."})
+    num_prompts: int = field(default=64, metadata={"help": "Held-out prompts to generate for."})
+    num_pairs: int = field(default=200, metadata={"help": "Held-out pairs to measure reward-model accuracy on."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Longest response."})
+    temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature for both policies (default: the PPO run's, else 1.0)."},
+    )
+    greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Prompts per generation batch; sequences per reward-model forward."}
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
+    gold_column: str = field(
+        default="gold",
+        metadata={
+            "help": "Column with the accepted answer(s) of a row (a string or a list of strings; empty: none), for "
+            "gold accuracy. Absent: no gold accuracy."
+        },
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda or cuda:N (default: the first GPU when there is one, else cpu)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("num_prompts", "num_pairs", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise UsageError(f"--temperature: expected a value > 0, got {self.temperature}")
+
+
+@dataclass
+class EvalDataArguments(DataArguments):
+    dataset_name: str = field(
+        default="data/orca_sample/heldout.jsonl", metadata={"help": "Held-out pairs (file, folder or hub name)."}
+    )
+    validation_split_percentage: float = field(
+        default=0, metadata={"help": "Kept at 0: the whole file is used as held-out data."}
+    )
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such GPU here")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float, context) -> Samples:
+    """One response per prompt, in batches of --batch_size, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(args.seed)  # the same draws for both policies
+    starts = range(0, len(prompts), args.batch_size)
+    parts = [
+        sample(
+            lm,
+            tokenizer,
+            [p["prompt_ids"] for p in prompts[i : i + args.batch_size]],
+            args.max_new_tokens,
+            temperature,
+            greedy=args.greedy,
+            context=context(),
+        )
+        for i in tqdm(starts, desc="generate", leave=False)
+    ]
+    return concat_samples(parts, tokenizer.pad_token_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------ arguments, and every input checked
+    types = (EvalArguments, EvalDataArguments, LoadArguments, HubArguments, PrecisionArguments)
+    args, data_args, load_args, hub, precision = parse_arguments(types, argv, __doc__)
+    setup_logging("info")
+    protect_secrets(hub)
+    device = pick_device(args.device)
+    # Sampling, log-probs and reward scores all run in this one precision context (bf16 autocast or fp32).
+    mixed_precision = precision.mixed_precision("evaluate", Backend(device.type))
+    logger.info("device %s, precision: %s mixed precision", device, mixed_precision)
+
+    def context():
+        return autocast(mixed_precision, device.type)
+
+    for name, flag in ((args.sft_model, "sft_model"), (args.ppo_model, "ppo_model")):
+        check_causal_lm_folder(name, flag)
+    temperature = args.temperature or (load_ppo_config(args.ppo_model) or {}).get("temperature", 1.0)
+    logger.info("sampling temperature %s", temperature)
+    source = load_rows(data_args, hub.token)
+    split = validate_and_split(source, data_args)
+    split.report.log()
+    columns = data_args.columns()
+    gold_of = {  # (system, question) -> accepted answers; the training stages never read this column
+        (row.get(columns["system"]) or "", row.get(columns["question"])): as_gold(row.get(args.gold_column))
+        for row in source.rows
+    }
+    tokenizer = load_tokenizer(args.sft_model, hub.token, trust_remote_code=load_args.trust_remote_code)
+    fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, args.sft_model)
+    prompts = build_prompts(split.train, tokenizer, fmt, limit=args.num_prompts)
+    golds = [gold_of.get((p["system"], p["question"]), []) for p in prompts]
+    seconds: dict[str, float] = {}  # where the evaluation's time goes, saved with the results
+
+    @contextmanager
+    def timed(part: str):
+        start = time.perf_counter()
+        yield
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
+
+    judges = {"rm": ("reward_model", args.reward_model)}
+    if args.second_reward_model:
+        judges["rm2"] = ("second_reward_model", args.second_reward_model)
+    loading = dict(token=hub.token, dtype=load_args.dtype, trust_remote_code=load_args.trust_remote_code)
+    with timed("load"):
+        scorers = {
+            judge: load_scorer(folder, device=device, fallback_format=fmt, flag=flag, **loading)
+            for judge, (flag, folder) in judges.items()
+        }
+
+    # ------------------------------------------------------------------ generate with both policies
+    with timed("load"):
+        lms = {
+            name: frozen(load_causal_lm(folder, tokenizer, flag=f"{name}_model", **loading), device)
+            for name, folder in (("sft", args.sft_model), ("ppo", args.ppo_model))
+        }
+    samples = {}
+    for name, lm in lms.items():
+        with timed(f"generate_{name}"):
+            samples[name] = generate_all(lm, tokenizer, prompts, args, temperature, context)
+    s = samples["ppo"]
+    with timed("kl"), context(), torch.no_grad():
+        kl = sequence_kl(
+            *(
+                causal_lm_logprobs(
+                    lms[name], s.input_ids, s.attention_mask, s.position_ids, s.prompt_width, temperature
+                )
+                for name in ("ppo", "sft")
+            ),
+            s.response_mask.to(device),
+        ).cpu()
+
+    # ------------------------------------------------------------------ score under each reward model
+    systems, questions = [p["system"] for p in prompts], [p["question"] for p in prompts]
+    result: dict = {"prompts": len(prompts), "temperature": temperature}
+    result["kl_ppo_sft"] = {"mean": kl.mean().item(), "max": kl.max().item()}
+    margins: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    pairs = split.train[: args.num_pairs]
+    n, m = len(prompts), len(pairs)
+    for judge, scorer in scorers.items():
+        # The policies' responses (their own token ids when the judge shares their tokenizer and prompt format, as
+        # PPO scores them; else the text in the judge's format), then the held-out pairs in the judge's format, all
+        # in one length-sorted pass.
+        sequences = []
+        for k in ("sft", "ppo"):
+            if scorer.accepts_ids_of(tokenizer, fmt):
+                sequences += samples[k].token_ids()
+            else:
+                sequences += [scorer.token_ids(*row) for row in zip(systems, questions, samples[k].texts, strict=True)]
+        for answer in ("chosen", "rejected"):
+            sequences += [
+                scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(getattr(p, answer))) for p in pairs
+            ]
+        with timed(f"score_{judge}"), context():
+            all_scores = score_sequences(scorer.model, sequences, scorer.tokenizer.pad_token_id, args.batch_size)
+        scores[judge] = {"sft": all_scores[:n], "ppo": all_scores[n : 2 * n]}
+        chosen, rejected = all_scores[2 * n : 2 * n + m], all_scores[2 * n + m :]
+        result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
+        for name in ("sft", "ppo"):
+            summary = policy_summary(samples[name], scores[judge][name])
+            result.setdefault(name, {})[f"reward_mean_{judge}"] = summary.pop("reward_mean")
+            result[name].update(summary)
+        # The reward model's own held-out ranking quality, on pairs in its own prompt format.
+        result[f"{judge}_heldout"] = preference_metrics(chosen, rejected)
+        margins[judge] = (chosen - rejected).tolist()
+
+    # ------------------------------------------------------------------ ground truth
+    gold = {name: gold_accuracy(samples[name].texts, golds) for name in ("sft", "ppo")}
+    if gold["sft"] is not None:
+        result["gold"] = {"rows": gold["sft"]["rows"], "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
+        rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
+        result["warnings"] = reward_hacking_warnings(
+            rewards, result["gold"]["sft"], result["gold"]["ppo"], result["gold"]["rows"]
+        )
+        for warning in result["warnings"]:
+            logger.warning(warning)
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    logger.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+
+    # ------------------------------------------------------------------ write: complete or absent
+    with published(Path(args.output_dir), {"stage": "evaluation"}) as out:
+        (out / "margins.json").write_text(json.dumps(margins) + "\n", encoding="utf-8")
+        with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
+            for i, p in enumerate(prompts):
+                row = {"question": p["question"], "sft": samples["sft"].texts[i], "ppo": samples["ppo"].texts[i]}
+                if golds[i]:
+                    row["gold"] = golds[i]
+                    row.update({f"{k}_gold": matches_gold(samples[k].texts[i], golds[i]) for k in ("sft", "ppo")})
+                row.update({f"{j}_{k}": scores[j][k][i].item() for j in scores for k in ("sft", "ppo")})
+                handle.write(json.dumps(row) + "\n")
+        (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    logger.info("evaluation: %s", json.dumps({k: v for k, v in result.items() if k != "prompts"}))
+    logger.info("written to %s", Path(args.output_dir) / "evaluation.json")
+    return 0
+
+
+def cli() -> None:
+    """The console command (pip install .)."""
+    run_main(main)
+
+
+if __name__ == "__main__":  # python -m rlhf.scripts.evaluate
+    cli()
