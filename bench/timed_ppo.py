@@ -5,8 +5,8 @@
 Instrumentation only: ``PPOEngine.update`` is wrapped to note the rollout's rows and width and the configured
 minibatch size and epochs; the seconds come from the engine's own ``time/ppo/update`` timer in metrics.jsonl.
 With ``--plain``, plain steps (bench/plain_step.py, ``Interleaved``) of one minibatch's shape run after each PPO
-step, outside the engine's timers (up to ``PLAIN_PER_UPDATE`` per dtype). The script itself runs as ``__main__``
-exactly as a user starts it.
+update (rl_training.py calls ``rollout`` then ``update``), outside the engine's timers (up to ``PLAIN_PER_UPDATE``
+per dtype). The script itself runs as ``__main__`` exactly as a user starts it.
 """
 
 from __future__ import annotations
@@ -48,32 +48,25 @@ def main() -> None:
         plain = Interleaved(spec, spec.pop("dtypes"))
     updates: list[dict] = []
     original_update = PPOEngine.update
-    original_step = PPOEngine.step
 
     def update(self, ro, *rest, **kw):
         rows, width = ro.input_ids.shape
-        updates.append(
-            {
-                "rows": rows,
-                "width": width,
-                "epochs": self.config.ppo_epochs,
-                "mini_batch_size": self.config.mini_batch_size,
-                "response_width": width - ro.prompt_width,
-                "pads": int((ro.attention_mask == 0).sum()),
-            }
-        )
-        return original_update(self, ro, *rest, **kw)
-
-    def step(self, *a, **kw):
-        out = original_step(self, *a, **kw)  # its timers and metrics are complete when it returns
+        last = {
+            "rows": rows,
+            "width": width,
+            "epochs": self.config.ppo_epochs,
+            "mini_batch_size": self.config.mini_batch_size,
+            "response_width": width - ro.prompt_width,
+            "pads": int((ro.attention_mask == 0).sum()),
+        }
+        updates.append(last)
+        out = original_update(self, ro, *rest, **kw)  # its timers (update, total) are closed when it returns
         if plain is not None:
-            last = updates[-1]
             minibatches = last["rows"] // last["mini_batch_size"] * last["epochs"]
             plain.after(last["mini_batch_size"], last["width"], repeats=min(PLAIN_PER_UPDATE, minibatches))
         return out
 
     PPOEngine.update = update
-    PPOEngine.step = step
     sys.argv = [script, *args]
     code = 0
     try:
