@@ -802,6 +802,35 @@ def test_a_nan_loss_is_skipped_and_never_reaches_the_weights(engine_factory, tok
     assert calls["n"] > 1
 
 
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_nan_gradient_never_reaches_the_weights_and_clipping_s_norm_is_the_check(
+    engine_factory, tokenizer, fmt, monkeypatch, max_grad_norm
+):
+    """With clipping on, the global norm it took decides (no second pass over every gradient); with clipping off,
+    all_finite does. Either way an optimizer step with a NaN gradient is skipped and counted."""
+    import rlhf.ppo.engine as ppo_engine
+
+    engine = engine_factory(lr=3e-3, max_grad_norm=max_grad_norm)
+    passes = []
+    real_all_finite = ppo_engine.all_finite
+    monkeypatch.setattr(ppo_engine, "all_finite", lambda *a: passes.append(1) or real_all_finite(*a))
+    real_backward = engine.accelerator.backward
+    calls = {"n": 0}
+
+    def nan_gradient_on_first(loss, **kwargs):
+        real_backward(loss, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            next(p for p in engine.policy.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(engine.accelerator, "backward", nan_gradient_on_first)
+    stats, _ = engine.step(prompts(tokenizer, fmt))
+    assert engine.nonfinite_updates_skipped == 1 and stats["ppo/nonfinite_updates_skipped"] == 1.0
+    assert all(torch.isfinite(p).all() for p in _trainable(engine).values())
+    optimizer_steps = 8 // (2 * 2) * 2  # batch / (minibatch x accumulation) x epochs
+    assert len(passes) == (0 if max_grad_norm > 0 else optimizer_steps)
+
+
 # ---------------------------------------------------------------------------------------------------- disk faults
 
 

@@ -348,8 +348,9 @@ class PPOEngine:
         return self.collectives.mean({"kl": approxkl})["kl"] > 1.5 * self.config.target_kl
 
     def _clip_and_step(self) -> None:
+        norm = None
         if self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         if getattr(self.accelerator, "scaler", None) is not None:
             # fp16: the loss scaler skips a step with inf/NaN gradients itself and lowers its scale; skipping the
             # step here instead would keep the scale from ever adapting.
@@ -358,8 +359,15 @@ class PPOEngine:
         else:
             # Last line of defence: weights never take a non-finite update (gradients are already all-reduced, so
             # every rank decides the same).
-            grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-            if all_finite(self.accelerator, grads):  # sharded gradients: every rank checks its shard, all agree
+            if type(norm) is torch.Tensor:
+                # The global norm clipping just took (of the all-reduced gradients: the same on every rank) is
+                # NaN/inf exactly when a gradient is: no second pass over every gradient (a few % of a minibatch
+                # on a CPU). A sharded DTensor norm, or none (DeepSpeed, clipping off), leaves it to all_finite.
+                finite = bool(torch.isfinite(norm))
+            else:
+                grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+                finite = all_finite(self.accelerator, grads)  # sharded gradients: each rank its shard, all agree
+            if finite:
                 self.optimizer.step()
             else:
                 self.nonfinite_updates_skipped += 1
