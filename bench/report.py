@@ -343,14 +343,13 @@ def precision_section(eff: dict, isa: str) -> str:
             verdict = ("**yes**" if faster else "**no**") if i == 0 else ""
             rows.append([stage if i == 0 else "", what, measured, raw, verdict])
     step = ratios.get("ppo step", {}).get("raw")
-    step_note = (
-        f"The whole PPO step (rollout + update, `time/ppo/total`) ran {step['median']:.2f}x faster in bf16 in these "
-        "runs, with this tree's engine, whose generation and reference forward run outside the autocast that "
-        "`ACCELERATE_MIXED_PRECISION` puts on the policy's forward; the sampling row measures generation under bf16 "
-        "autocast directly."
-        if step
-        else ""
-    )
+    step_note = ""
+    if step:
+        step_note = (
+            f"The whole PPO step (rollout + update, `time/ppo/total`, every forward of it in the one precision "
+            f"context) ran at {step['median']:.2f}x its fp32 speed in bf16 in these runs"
+        )
+        step_note += ": a faster rollout does not make up for a slower update." if step["median"] < 1.0 else "."
     config = (eff.get("sampling") or {}).get("config", {})
     kind = "CPU with native bf16 (AVX512-BF16/AMX)" if native_bf16_isa(isa) else "CPU without native bf16"
     header = ["stage", "measured", "bf16 speed over fp32", "raw ratio of the two runs", "bf16 faster?"]
