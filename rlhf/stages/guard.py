@@ -133,7 +133,9 @@ class TrainingGuard(TrainerCallback):
         output_dir = trainer.args.output_dir
         if resume_from_checkpoint:
             logger.info("resuming from %s", resume_from_checkpoint)
-        self._reuse_step_norm(trainer.accelerator)
+        accelerator = getattr(trainer, "accelerator", None)  # every Trainer has one; a stand-in may not
+        if accelerator is not None:
+            self._reuse_step_norm(accelerator)
         try:
             result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         except Exception as err:
@@ -144,7 +146,8 @@ class TrainingGuard(TrainerCallback):
                 f"will not be resumed from. {self._resume_hint(output_dir)}; free space first"
             ) from err
         finally:
-            vars(trainer.accelerator).pop("clip_grad_norm_", None)  # the accelerator's own method again
+            if accelerator is not None:
+                vars(accelerator).pop("clip_grad_norm_", None)  # the accelerator's own method again
         if self.stopped_at is not None:
             raise RunError(
                 f"training stopped at step {self.stopped_at}: non-finite loss, gradients or weights (NaN/inf); "
