@@ -108,6 +108,14 @@ class PPOConfig:
     forward_batch_size: int | None = field(
         default=None, metadata={"help": "Sequences per no-grad forward in the rollout (default: the whole batch)."}
     )
+    fold_lora_for_sampling: bool = field(
+        default=True,
+        metadata={
+            "help": "Generate with each LoRA adapter folded into its float32 base weight (W + s*B@A; same "
+            "distribution to float32 rounding, the bare model's speed), restored untouched afterwards. Applies to "
+            "fp32 single-device or DDP runs on CPU/CUDA; costs one extra copy of the adapted weights while sampling."
+        },
+    )
     static_shapes: bool = field(
         default=False,
         metadata={
