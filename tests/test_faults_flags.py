@@ -227,7 +227,8 @@ def test_a_tokenizer_without_eos_is_refused(script, tiny_dir, folders, data, tmp
 
 @pytest.mark.parametrize("script", ["sft", "reward_modeling"])
 def test_a_model_folder_that_does_not_exist(script, data, tmp_path, capfd, loads):
-    check_refused(script, tmp_path / "no-model", data, tmp_path, capfd, loads, [], ["cannot load tokenizer"], EARLY)
+    expected = ["--model_name_or_path", "no-model: no such folder"]
+    check_refused(script, tmp_path / "no-model", data, tmp_path, capfd, loads, [], expected, EARLY)
 
 
 @pytest.mark.parametrize("script", ["sft", "reward_modeling"])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.cli import parse_arguments, setup_logging
+from rlhf.cli import check_output_dir, check_seed, parse_arguments, setup_logging
 from rlhf.data.pairs import DataArguments, load_rows, validate_and_split
 from rlhf.data.prompt_format import resolve_prompt_format
 from rlhf.data.prompts import build_prompts
@@ -44,7 +44,7 @@ from rlhf.evaluation import (
     win_rate,
 )
 from rlhf.models.arguments import LoadArguments
-from rlhf.models.loading import check_causal_lm_folder, frozen, load_causal_lm, load_tokenizer
+from rlhf.models.loading import check_causal_lm_folder, check_reward_folder, frozen, load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_scorer, score_sequences
 from rlhf.outputs.folders import published
 from rlhf.ppo.checkpoint import load_ppo_config
@@ -100,6 +100,8 @@ class EvalArguments:
                 raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"--temperature: expected a value > 0, got {self.temperature}")
+        check_seed(self.seed)
+        check_output_dir(self.output_dir)
 
 
 @dataclass
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, flag in ((args.sft_model, "sft_model"), (args.ppo_model, "ppo_model")):
         check_causal_lm_folder(name, flag)
+    for name, flag in ((args.reward_model, "reward_model"), (args.second_reward_model, "second_reward_model")):
+        if name:
+            check_reward_folder(name, flag)
     temperature = args.temperature or (load_ppo_config(args.ppo_model) or {}).get("temperature", 1.0)
     logger.info("sampling temperature %s", temperature)
     source = load_rows(data_args, hub.token)
