@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import transformers
 
 from rlhf.errors import UsageError, run_main
 from rlhf.models.loading import check_causal_lm_folder, check_reward_folder
@@ -131,22 +130,6 @@ def folders(tiny_dir, tmp_path_factory) -> dict[str, Path]:
         ignore=shutil.ignore_patterns("*.safetensors", "config.json", "generation_config.json"),
     )
     return {"reward": reward, "no_eos": no_eos, "tokenizer_only": tokenizer_only}
-
-
-@pytest.fixture
-def loads(monkeypatch) -> list[str]:
-    """Records every model load (the heavy work that must not happen before a flag error)."""
-    seen: list[str] = []
-    for auto in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
-        cls = getattr(transformers, auto)
-        original = cls.from_pretrained.__func__
-
-        def watched(klass, name, *args, _original=original, **kwargs):
-            seen.append(str(name))
-            return _original(klass, name, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(watched))
-    return seen
 
 
 def run(script: str, argv: list[str], capfd) -> tuple[int, list[str], str]:

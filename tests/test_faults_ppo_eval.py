@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import transformers
 
 from rlhf.errors import run_main
 from tiny import ORCA_ROWS, write_rows
@@ -44,22 +43,6 @@ def paths(tiny_dir, tmp_path_factory) -> dict[str, Path]:
         "file": a_file,
         "missing": root / "missing-folder",
     }
-
-
-@pytest.fixture
-def loads(monkeypatch) -> list[str]:
-    """Every model load: the heavy work that must not happen before a flag error."""
-    seen: list[str] = []
-    for auto in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
-        cls = getattr(transformers, auto)
-        original = cls.from_pretrained.__func__
-
-        def watched(klass, name, *args, _original=original, **kwargs):
-            seen.append(str(name))
-            return _original(klass, name, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(watched))
-    return seen
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.cli import check_output_dir, check_seed, parse_arguments, setup_logging
+from rlhf.cli import check_output_dir, check_seed, drop_debug_switch, parse_arguments, setup_logging
 from rlhf.data.pairs import DataArguments, load_rows, validate_and_split
 from rlhf.data.prompt_format import resolve_prompt_format
 from rlhf.data.prompts import build_prompts
@@ -110,8 +110,12 @@ class EvalDataArguments(DataArguments):
         default="data/orca_sample/heldout.jsonl", metadata={"help": "Held-out pairs (file, folder or hub name)."}
     )
     validation_split_percentage: float = field(
-        default=0, metadata={"help": "Kept at 0: the whole file is used as held-out data."}
+        default=0, metadata={"help": "Must stay 0: every row of --dataset_name is held-out data."}
     )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Read at most this many rows (prompts come from the first --num_prompts)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Refused: see --max_train_samples."})
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -152,7 +156,14 @@ def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments, and every input checked
     types = (EvalArguments, EvalDataArguments, LoadArguments, HubArguments, PrecisionArguments)
+    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main)
     args, data_args, load_args, hub, precision = parse_arguments(types, argv, __doc__)
+    if data_args.validation_split_percentage or data_args.max_eval_samples is not None:
+        flag = "--max_eval_samples" if data_args.max_eval_samples is not None else "--validation_split_percentage"
+        raise UsageError(
+            f"{flag}: evaluate.py uses every row of --dataset_name as held-out data; give it the held-out file, and "
+            "limit the rows with --num_prompts, --num_pairs or --max_train_samples"
+        )
     setup_logging("info")
     protect_secrets(hub)
     device = pick_device(args.device)

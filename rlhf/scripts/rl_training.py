@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ setup: flags, prompts, models, engine
     adopt_mpi_environment()
     script, model_args, cfg, data_args, hub, backend_args, precision = parse_arguments(ARGUMENTS, argv, __doc__)
+    if data_args.max_eval_samples is not None:  # PPO reads only the training rows
+        raise UsageError(
+            "--max_eval_samples: PPO has no evaluation rows; --max_train_samples limits its prompts and "
+            "--validation_split_percentage holds rows out of them"
+        )
     setup_logging("debug" if script.debug else "info")
     protect_secrets(hub)
     run = setup(script, model_args, cfg, data_args, hub, backend_args, precision)
