@@ -288,3 +288,15 @@ def test_evaluate_takes_the_debug_switch(tiny_dir, data, tmp_path, capfd):
     code, lines, printed = run("evaluate", [*argv, "--dataset_name", str(data), "--debug"], capfd)
     assert code == 2 and len(lines) == 1 and "--sft_model" in lines[0] and "no such folder" in lines[0], printed
     assert "Traceback" in printed  # what --debug is for
+
+
+def test_sft_logs_to_tensorboard_where_the_readme_says(tiny_dir, data, tmp_path, capfd):
+    """README, "Logs, trackers and --debug": TensorBoard events of the Trainer stages go to O/runs/<date>_<host>/."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "sft"
+    argv = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)]
+    argv += ["--report_to", "tensorboard", "--max_steps", "1", "--logging_steps", "1", "--save_strategy", "no"]
+    code, lines, printed = run("sft", argv, capfd)
+    assert code == 0 and not lines, printed[-3000:]
+    events = list((out / "runs").glob("*/events.out.tfevents.*"))
+    assert events, sorted(str(p.relative_to(out)) for p in out.rglob("*"))
