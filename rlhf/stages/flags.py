@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf.cli import check_seed
 from rlhf.errors import UsageError
 
 logger = logging.getLogger("rlhf.stages.flags")
@@ -120,9 +121,8 @@ def check_training_flags(train_args: Any, **positive: int) -> None:
             "or --max_steps"
         )
     for flag in ("seed", "data_seed"):
-        value = getattr(train_args, flag, None)
-        if value is not None and not 0 <= value < 2**32:
-            raise UsageError(f"--{flag}: expected a value in [0, 2**32), got {value}")
+        if getattr(train_args, flag, None) is not None:
+            check_seed(getattr(train_args, flag), flag)
     check_report_to(train_args)
     save_strategy = str(getattr(train_args.save_strategy, "value", train_args.save_strategy))
     if save_strategy == "steps" and train_args.save_steps <= 0:
