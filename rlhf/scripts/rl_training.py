@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from rlhf.cli import parse_arguments, parse_bool, setup_logging
+from rlhf.cli import check_output_dir, check_seed, parse_arguments, parse_bool, setup_logging
 from rlhf.data.pairs import DataArguments
-from rlhf.errors import EXIT_PREEMPTED, RunError, run_main
+from rlhf.errors import EXIT_PREEMPTED, RunError, UsageError, run_main
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.trainer import TRACKERS, StopRequested, finish, log_step, save, setup
 from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment
+from rlhf.runtime.device import module_available
 from rlhf.runtime.precision import PrecisionArguments
 from rlhf.secrets import HubArguments, protect_secrets
 
@@ -68,11 +69,25 @@ class ScriptArguments:
     batched_gen: str = field(
         default="true", metadata={"help": "Accepted for the reference command line: generation is always batched."}
     )
-    log_samples_every: int = field(default=10, metadata={"help": "Log a few (prompt, response, score) every N steps."})
+    log_samples_every: int = field(
+        default=10, metadata={"help": "Log a few (prompt, response, score) to samples.jsonl every N steps (0: never)."}
+    )
     debug: bool = field(default=False, metadata={"help": "Full tracebacks for input errors."})
 
     def __post_init__(self) -> None:
         parse_bool(self.batched_gen, "batched_gen")  # the reference passes --batched_gen=True: a no-op, but checked
+        check_output_dir(self.output_dir)
+        check_seed(self.seed)
+        if self.log_samples_every < 0:
+            raise UsageError(f"--log_samples_every: expected 0 (never) or more, got {self.log_samples_every}")
+        check_tracker(self.log_with)
+
+
+def check_tracker(name: str | None) -> None:
+    """``--log_with``: a tracker that is not installed stops here (accelerate would drop it with a warning)."""
+    packages = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}.get(name or "none", ())
+    if packages and not any(module_available(package) for package in packages):
+        raise UsageError(f"--log_with {name}: not installed here (pip install {packages[0]}), or --log_with none")
 
 
 @dataclass
@@ -119,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ setup: flags, prompts, models, engine
     adopt_mpi_environment()
     script, model_args, cfg, data_args, hub, backend_args, precision = parse_arguments(ARGUMENTS, argv, __doc__)
+    if data_args.max_eval_samples is not None:  # PPO reads only the training rows
+        raise UsageError(
+            "--max_eval_samples: PPO has no evaluation rows; --max_train_samples limits its prompts and "
+            "--validation_split_percentage holds rows out of them"
+        )
     setup_logging("debug" if script.debug else "info")
     protect_secrets(hub)
     run = setup(script, model_args, cfg, data_args, hub, backend_args, precision)

@@ -28,7 +28,12 @@ from rlhf.outputs.trainer_checkpoints import resolve_resume
 from rlhf.runtime.backend import Backend, BackendArguments, adopt_mpi_environment, select_backend
 from rlhf.runtime.distributed import check_quantized_launch
 from rlhf.secrets import HubArguments, protect_secrets
-from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
+from rlhf.stages.flags import (
+    StageArguments,
+    accept_legacy_training_flags,
+    check_device_flag,
+    check_training_flags,
+)
 from rlhf.stages.guard import TrainingGuard
 from rlhf.stages.saving import save_stage_output
 
@@ -95,6 +100,7 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
     run.quantization = model_args.quantization_config(backend.name)
     check_quantized_launch(run.quantization)  # no QLoRA with FSDP/ZeRO-3
     check_training_flags(train_args)
+    check_device_flag(backend_args.device, train_args)
     stage.configure(run)
     guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: rlhf.stages.guard
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
