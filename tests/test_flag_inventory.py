@@ -178,7 +178,7 @@ PPO_FLAGS = {
     "rewards": {"reward_baseline", "normalize_rewards", "reward_clip", "missing_eos_penalty"},
     "sampling": {
         "temperature", "output_max_length", "response_length", "ignore_eos", "max_prompt_length",
-        "forward_batch_size", "static_shapes",
+        "forward_batch_size", "static_shapes", "fold_lora_for_sampling",
     },
     "precision": {"bf16", "fp16"},
 }  # fmt: skip
