@@ -168,11 +168,12 @@ def test_ppo_under_fsdp_generates_saves_sharded_state_and_resumes_exactly(sft_ou
     out, resumed = tmp_path / "out", tmp_path / "resumed"
     accelerate_fsdp("rl_training.py", *ppo_args(sft_out, rm_out, pairs, out))
     final = out / "final"
-    for folder in (out / "step_1", final):
+    for folder in (out / "step_1", out / "step_2"):
         assert (folder / COMPLETE_MARKER).is_file()
         assert (folder / "accelerate_state" / "pytorch_model_fsdp_0").is_dir()
         assert (folder / "accelerate_state" / "optimizer_0").is_dir()
         assert not (folder / "optimizer.pt").exists()  # a rank-0 copy of a sharded optimizer would be partial
+    assert (final / COMPLETE_MARKER).is_file() and not (final / "accelerate_state").exists()  # the model only
     merged = state(final, AutoModelForCausalLM.from_pretrained)
     assert_same_weights(merged, merged_from_adapter(sft_out, final / "adapter", AutoModelForCausalLM.from_pretrained))
     from safetensors.torch import load_file
