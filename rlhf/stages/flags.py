@@ -22,6 +22,13 @@ class StageArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
     )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the Trainer's checkpoints (--output_dir/checkpoints/) after the model is published; by "
+            "default they are removed then, so the folder holds the model only."
+        },
+    )
     nonfinite_loss: str = field(
         default="stop",
         metadata={
@@ -74,6 +81,11 @@ def check_training_flags(train_args: Any, **positive: int) -> None:
         if value is not None and not 0 <= value < 2**32:
             raise UsageError(f"--{flag}: expected a value in [0, 2**32), got {value}")
     check_report_to(train_args)
+    if getattr(train_args, "push_to_hub", False):
+        raise UsageError(
+            "--push_to_hub: not supported by this stage; upload the published --output_dir yourself (e.g. "
+            "huggingface_hub's upload_folder), it holds the model and its model card only"
+        )
     save_strategy = str(getattr(train_args.save_strategy, "value", train_args.save_strategy))
     if save_strategy == "steps" and train_args.save_steps <= 0:
         raise UsageError(f"--save_steps: expected a positive number, got {train_args.save_steps}")
