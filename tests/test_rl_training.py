@@ -293,6 +293,32 @@ def test_an_unfinished_run_is_not_restarted_over(tiny_dir, rm_dir, rows, tmp_pat
     assert (out / "step_2" / COMPLETE_MARKER).is_file()
 
 
+def test_push_to_hub_uploads_final_only(tiny_dir, rm_dir, rows, tmp_path, monkeypatch, keep_logging):
+    """huggingface_hub's HfApi calls replaced by a recorder, only because the real hub is unreachable here; the file
+    list is what huggingface_hub's own filter keeps under the ignore patterns we pass."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    import rl_training
+
+    calls = []
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append((repo_id, Path(folder_path), sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "out"
+    argv = [*base_args(tiny_dir, rm_dir, rows, out, steps=8), "--push_to_hub", "--hub_model_id", "me/tiny-ppo"]
+    assert rl_training.main(argv) == 0
+    assert calls[0] == "me/tiny-ppo"
+    repo_id, folder, files = calls[1]
+    assert repo_id == "me/tiny-ppo" and folder == out / "final"
+    assert {"README.md", "model.safetensors", "value_head.safetensors", "prompt_format.json"} <= set(files)
+    assert not {"optimizer.pt", "rng.pt", "state.json", COMPLETE_MARKER} & set(files)
+
+
 def test_rotation_keeps_the_newest_and_the_resumed_one(tmp_path):
     from rlhf.ppo.checkpoint import rotate_checkpoints
 

@@ -203,11 +203,64 @@ def test_checkpoints_live_apart_and_go_after_success_unless_kept(tiny_dir, data_
     assert trl_card.is_file() and trl_card.read_text() != (kept / "README.md").read_text()
 
 
-def test_push_to_hub_is_refused_before_anything_runs(tiny_dir, data_file, tmp_path):
+@pytest.fixture()
+def hub_recorder(monkeypatch):
+    """huggingface_hub's HfApi with its two calls (create_repo, upload_folder) replaced by a recorder. A stand-in
+    only because the real hub is unreachable from the test machines; the upload's file list is computed with
+    huggingface_hub's own pattern filter, so the ignore patterns are checked as the library applies them."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append({"call": "create_repo", "repo_id": repo_id, **kwargs})
+        return f"https://hub.invalid/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        folder = Path(folder_path)
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        uploaded = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+        complete = (folder / COMPLETE_MARKER).is_file()
+        calls.append(
+            {"call": "upload_folder", "repo_id": repo_id, "folder": folder, "files": uploaded, "complete": complete}
+        )
+        if repo_id.endswith("/unreachable"):
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_uploads_the_published_folder_only(tiny_dir, data_file, tmp_path, hub_recorder):
+    out = tmp_path / "out"
     sft = importlib.import_module("sft")
-    with pytest.raises(UsageError, match="--push_to_hub: not supported"):
-        sft.main(quick_args(tiny_dir, data_file, tmp_path / "out", "--push_to_hub"))
-    assert not (tmp_path / "out").exists()
+    flags = ["--save_strategy", "steps", "--save_steps", "1", "--keep_checkpoints", "--push_to_hub"]
+    assert sft.main(quick_args(tiny_dir, data_file, out, *flags, "--hub_model_id", "me/tiny-sft")) == 0
+    assert [c["call"] for c in hub_recorder] == ["create_repo", "upload_folder"]
+    upload = hub_recorder[1]
+    assert upload["repo_id"] == "me/tiny-sft" and upload["folder"] == out and upload["complete"]
+    assert {"README.md", "model.safetensors", "prompt_format.json", "adapter/adapter_model.safetensors"} <= set(
+        upload["files"]
+    )
+    assert (out / "checkpoints").is_dir()  # kept here (--keep_checkpoints), never uploaded
+    assert not [f for f in upload["files"] if f.startswith(("checkpoints/", "runs/", ".")) or f == COMPLETE_MARKER]
+
+
+def test_push_to_hub_failures_are_one_line_and_leave_the_result(tiny_dir, data_file, tmp_path, hub_recorder):
+    from rlhf.errors import RunError
+
+    sft = importlib.import_module("sft")
+    with pytest.raises(UsageError, match="--hub_model_id 'not a/valid/name'"):
+        sft.main(
+            quick_args(tiny_dir, data_file, tmp_path / "bad", "--push_to_hub", "--hub_model_id", "not a/valid/name")
+        )
+    assert not (tmp_path / "bad").exists() and hub_recorder == []  # checked before anything ran
+    out = tmp_path / "out"
+    with pytest.raises(RunError, match="the model is saved in .*, but uploading it to me/unreachable failed"):
+        sft.main(quick_args(tiny_dir, data_file, out, "--push_to_hub", "--hub_model_id", "me/unreachable"))
+    assert (out / COMPLETE_MARKER).is_file()
 
 
 def test_finished_run_is_not_overwritten_without_the_flag(lora_run, tiny_dir, data_file):

@@ -36,6 +36,7 @@ from rlhf.models.loading import (
 )
 from rlhf.models.reward import load_reward_stats, load_scorer
 from rlhf.outputs.folders import clean_stale_temporaries
+from rlhf.outputs.hub import hub_repo_id
 from rlhf.outputs.jsonl import truncate_jsonl, write_jsonl
 from rlhf.outputs.model_card import changed_flags
 from rlhf.ppo.checkpoint import (
@@ -85,6 +86,7 @@ class PPORun:
     card: dict[str, Any]  # final/README.md: the model card's inputs, metrics added at the end
     step: int = 0
     resumed_from: Path | None = None  # never rotated away
+    push_to: str | None = None  # --push_to_hub: the hub repository final/ goes to
 
     @property
     def collectives(self) -> Collectives:
@@ -112,6 +114,7 @@ def setup(
             raise UsageError(f"--{flag}: expected a positive integer, got {value}")
     output_dir = Path(script.output_dir)
     start_output(output_dir, script.overwrite_output_dir, bool(script.resume_from_checkpoint))
+    push_to = hub_repo_id(script.hub_model_id, output_dir) if script.push_to_hub else None
     backend = select_backend(backend_args)
     mixed_precision = precision.mixed_precision("ppo", backend)  # flags, else accelerate's config, else the default
     quantization = model_args.quantization_config(backend.name, model_args.dtype)
@@ -234,6 +237,7 @@ def setup(
             "fmt": fmt,
             "secrets": [hub.hf_access_token],
         },
+        push_to=push_to,
     )
     if resume is not None:
         run.step = load_checkpoint(resume, accelerator, engine, sampler)

@@ -30,6 +30,7 @@ from rlhf.cli import parse_arguments, parse_bool, setup_logging
 from rlhf.data.pairs import DataArguments
 from rlhf.errors import EXIT_PREEMPTED, RunError, run_main
 from rlhf.models.arguments import DTYPES, ModelArguments
+from rlhf.outputs.hub import push_folder
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.trainer import TRACKERS, StopRequested, finish, log_step, save, setup
 from rlhf.runtime.backend import BackendArguments, adopt_mpi_environment
@@ -84,6 +85,16 @@ class ScriptArguments:
         default=None, metadata={"help": "A step_N folder, or 'latest' for the newest complete one in output_dir."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffling and initialisation."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Upload final/ (the model and its card, nothing else) to the hub at the end."},
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repository for --push_to_hub (default: the --output_dir folder's name)."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the --push_to_hub repository as private."}
+    )
     batched_gen: str = field(
         default="true", metadata={"help": "Accepted for the reference command line: generation is always batched."}
     )
@@ -172,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     save(run, f"step_{run.step}")
     folder = save(run, "final")
     logger.info("PPO done: %d steps; policy in %s", run.step, folder)
+    if run.push_to and run.accelerator.is_main_process:
+        push_folder(folder, run.push_to, private=script.hub_private_repo)
     return finish(run, 0)
 
 

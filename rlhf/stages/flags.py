@@ -81,11 +81,6 @@ def check_training_flags(train_args: Any, **positive: int) -> None:
         if value is not None and not 0 <= value < 2**32:
             raise UsageError(f"--{flag}: expected a value in [0, 2**32), got {value}")
     check_report_to(train_args)
-    if getattr(train_args, "push_to_hub", False):
-        raise UsageError(
-            "--push_to_hub: not supported by this stage; upload the published --output_dir yourself (e.g. "
-            "huggingface_hub's upload_folder), it holds the model and its model card only"
-        )
     save_strategy = str(getattr(train_args.save_strategy, "value", train_args.save_strategy))
     if save_strategy == "steps" and train_args.save_steps <= 0:
         raise UsageError(f"--save_steps: expected a positive number, got {train_args.save_steps}")

@@ -24,6 +24,7 @@ from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
 from rlhf.models.arguments import ModelArguments
 from rlhf.models.loading import load_tokenizer
 from rlhf.outputs.folders import start_output
+from rlhf.outputs.hub import hub_repo_id, push_folder
 from rlhf.outputs.model_card import changed_flags
 from rlhf.outputs.trainer_checkpoints import checkpoints_dir, remove_checkpoints, resolve_resume
 from rlhf.runtime.backend import Backend, BackendArguments, adopt_mpi_environment, select_backend
@@ -105,6 +106,9 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
         "flags": changed_flags(script, model_args, stage_args, data_args, train_args),
         "secrets": [hub.hf_access_token],
     }
+    # --push_to_hub: the published folder, once, at the end (the Trainer itself would push its checkpoints)
+    push_to = hub_repo_id(train_args.hub_model_id, published) if train_args.push_to_hub else None
+    train_args.push_to_hub = False
     guard = TrainingGuard(stage_args.nonfinite_loss, published)  # SIGTERM, NaN/inf, failed saves: rlhf.stages.guard
     resume = resolve_resume(train_args.resume_from_checkpoint, published)
 
@@ -164,6 +168,9 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
             files=files,
             card=card,
         )
-    if not stage_args.keep_checkpoints and trainer.is_world_process_zero():
-        remove_checkpoints(output_dir)  # published: the folder holds the model only
+    if trainer.is_world_process_zero():
+        if not stage_args.keep_checkpoints:
+            remove_checkpoints(output_dir)  # published: the folder holds the model only
+        if push_to:
+            push_folder(output_dir, push_to, private=train_args.hub_private_repo)
     return 0
