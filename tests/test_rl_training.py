@@ -319,6 +319,33 @@ def test_push_to_hub_uploads_final_only(tiny_dir, rm_dir, rows, tmp_path, monkey
     assert not {"optimizer.pt", "rng.pt", "state.json", COMPLETE_MARKER} & set(files)
 
 
+def test_run_identity_names_what_differs(tiny_dir, rm_dir, tmp_path):
+    """Another data file content, another reward model or another process count is another run."""
+    from rlhf.data.pairs import DataArguments
+    from rlhf.errors import UsageError
+    from rlhf.ppo.checkpoint import RUN_FILE, check_same_run, run_identity
+    from rlhf.ppo.config import PPOConfig
+    from rlhf.scripts.rl_training import PPOModelArguments
+
+    data = write_rows(tmp_path / "rows.jsonl", ORCA_ROWS)
+    model, cfg, data_args = PPOModelArguments(model_name_or_path=str(tiny_dir)), PPOConfig(), DataArguments(str(data))
+
+    def identity(**changes) -> dict:
+        args = {"reward_model": str(rm_dir), "seed": 0, "processes": 1, "mixed_precision": "no", **changes}
+        return run_identity(model, cfg, data_args, **args)
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    check_same_run(checkpoint, identity())  # an older checkpoint without run.json: resumed, with a warning
+    (checkpoint / RUN_FILE).write_text(json.dumps(identity()))
+    check_same_run(checkpoint, identity())
+    with pytest.raises(UsageError, match="processes 1 -> 2, --reward_model_name"):
+        check_same_run(checkpoint, identity(processes=2, reward_model=str(tiny_dir)))
+    write_rows(data, ORCA_ROWS[:-1])
+    with pytest.raises(UsageError, match=r"a different run \(the data file's content \(sha256\) changed\)"):
+        check_same_run(checkpoint, identity())
+
+
 def test_rotation_keeps_the_newest_and_the_resumed_one(tmp_path):
     from rlhf.ppo.checkpoint import rotate_checkpoints
 

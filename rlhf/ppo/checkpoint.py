@@ -286,6 +286,13 @@ def run_identity(
     return json.loads(json.dumps(flags, default=str))
 
 
+def _difference(name: str, old: Any, new: Any) -> str:
+    if name == "dataset_content":
+        return "the data file's content (sha256) changed"
+    label = {"processes": "processes", "mixed_precision": "mixed precision"}.get(name, f"--{name}")
+    return f"{label} {old!r} -> {new!r}"
+
+
 def check_same_run(folder: Path, identity: dict[str, Any]) -> None:
     """Refuse to continue another run's checkpoint, naming what differs (a checkpoint without ``run.json``, from
     before it was written, is resumed with a warning)."""
@@ -295,7 +302,7 @@ def check_same_run(folder: Path, identity: dict[str, Any]) -> None:
         return
     saved = json.loads(path.read_text(encoding="utf-8"))
     diffs = [
-        f"--{name} {saved.get(name)!r} -> {identity.get(name)!r}"
+        _difference(name, saved.get(name), identity.get(name))
         for name in sorted(set(saved) | set(identity))
         if saved.get(name) != identity.get(name)
     ]
