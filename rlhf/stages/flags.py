@@ -24,6 +24,13 @@ class StageArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir (otherwise it is refused)."}
     )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the Trainer's checkpoints (--output_dir/checkpoints/) after the model is published; by "
+            "default they are removed then, so the folder holds the model only."
+        },
+    )
     nonfinite_loss: str = field(
         default="stop",
         metadata={
