@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # On a CPU-only machine the CPU wheel; CUDA users: install your CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
+# Where torch comes from. Empty: pip's configured index (PyPI's Linux torch is the CUDA build); outside an
+# environment whose pip serves CPU wheels, `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 .PHONY: setup test test-slow test-all lint demo bench bench-learning clean setup-gaudi test-gaudi
 
@@ -12,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_FROM) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
@@ -39,7 +43,7 @@ setup-gaudi: $(GAUDI_VENV)/.installed
 $(GAUDI_VENV)/.installed: requirements-gaudi.txt constraints-gaudi.txt
 	$(PYTHON) -m venv $(GAUDI_VENV)
 	$(GAUDI_PY) -m pip install -q --upgrade pip
-	$(GAUDI_PY) -c "import torch" 2>/dev/null || $(GAUDI_PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(GAUDI_PY) -c "import torch" 2>/dev/null || $(GAUDI_PY) -m pip install -q --no-compile $(TORCH_FROM) "$(TORCH_SPEC)"
 	$(GAUDI_PY) -m pip install -q --no-compile -r requirements-gaudi.txt -c constraints-gaudi.txt "pytest>=8"
 	touch $@
 

@@ -135,6 +135,23 @@ def parse_bool(value: Any, flag: str) -> bool:
     raise UsageError(f"--{flag}: expected true or false, got {value!r}")
 
 
+def check_output_dir(path: str, flag: str = "output_dir") -> None:
+    """An output folder that cannot be created (it, or a folder above it, is a file) stops before any work."""
+    folder = Path(path)
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == folder else f"cannot be created: {candidate} is a file"
+                raise UsageError(f"--{flag} {path}: {what}; give a folder")
+            return
+
+
+def check_seed(seed: int, flag: str = "seed") -> None:
+    """Seeds as torch and numpy take them."""
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--{flag}: expected a value in [0, 2**32), got {seed}")
+
+
 def cpu_only() -> bool:
     """Default for ``use_cpu``: on a machine without CUDA the Trainer must be told, or bf16 is refused."""
     import torch

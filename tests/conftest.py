@@ -63,6 +63,24 @@ def _accelerate_state() -> list[dict]:
     return [AcceleratorState._shared_state, PartialState._shared_state, GradientState._shared_state]
 
 
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """Records every model load: the heavy work that must not happen before a flag error (the fault suites)."""
+    import transformers
+
+    seen: list[str] = []
+    for auto in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        cls = getattr(transformers, auto)
+        original = cls.from_pretrained.__func__
+
+        def watched(klass, name, *args, _original=original, **kwargs):
+            seen.append(str(name))
+            return _original(klass, name, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(watched))
+    return seen
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama with a ChatML tokenizer (EOS = <|im_end|>, pad = <|pad|>)."""

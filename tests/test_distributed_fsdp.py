@@ -88,6 +88,7 @@ def sft_out(tiny_dir, pairs, tmp_path_factory) -> Path:
         "sft.py",
         *("--model_name_or_path", str(tiny_dir), "--dataset_name", str(pairs), "--output_dir", str(out)),
         *("--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2", "--learning_rate", "1e-2"),
+        "--keep_checkpoints",
         *("--logging_steps", "1", "--report_to", "none"),
     )
     assert proc.stderr.count("sft: model saved to") == 1  # gathered once, written by rank 0 alone
@@ -101,6 +102,7 @@ def rm_out(sft_out, pairs, tmp_path_factory) -> Path:
         "reward_modeling.py",
         *("--model_name_or_path", str(sft_out), "--dataset_name", str(pairs), "--output_dir", str(out)),
         *("--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2", "--learning_rate", "1e-2"),
+        "--keep_checkpoints",
         *("--validation_split_percentage", "20", "--logging_steps", "1", "--report_to", "none"),
     )
     assert proc.stderr.count("reward_model: model saved to") == 1
@@ -110,7 +112,7 @@ def rm_out(sft_out, pairs, tmp_path_factory) -> Path:
 def test_sft_under_fsdp_saves_the_gathered_merged_model(sft_out, tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    assert (sft_out / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # trained sharded
+    assert (sft_out / "checkpoints" / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # trained sharded
     assert (sft_out / COMPLETE_MARKER).is_file()
     assert not (sft_out / ".tmp-result").exists()
     merged = state(sft_out, AutoModelForCausalLM.from_pretrained)
@@ -133,7 +135,7 @@ def test_reward_modeling_under_fsdp_saves_the_gathered_merged_model(rm_out, sft_
     def load(path: str):
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
 
-    assert (rm_out / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
+    assert (rm_out / "checkpoints" / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
     merged = state(rm_out, load)
     # (the base's score head is new and random; merging puts the adapter's trained copy in its place)
     assert_same_weights(merged, merged_from_adapter(sft_out, rm_out / "adapter", load))
@@ -168,11 +170,12 @@ def test_ppo_under_fsdp_generates_saves_sharded_state_and_resumes_exactly(sft_ou
     out, resumed = tmp_path / "out", tmp_path / "resumed"
     accelerate_fsdp("rl_training.py", *ppo_args(sft_out, rm_out, pairs, out))
     final = out / "final"
-    for folder in (out / "step_1", final):
+    for folder in (out / "step_1", out / "step_2"):
         assert (folder / COMPLETE_MARKER).is_file()
         assert (folder / "accelerate_state" / "pytorch_model_fsdp_0").is_dir()
         assert (folder / "accelerate_state" / "optimizer_0").is_dir()
         assert not (folder / "optimizer.pt").exists()  # a rank-0 copy of a sharded optimizer would be partial
+    assert (final / COMPLETE_MARKER).is_file() and not (final / "accelerate_state").exists()  # the model only
     merged = state(final, AutoModelForCausalLM.from_pretrained)
     assert_same_weights(merged, merged_from_adapter(sft_out, final / "adapter", AutoModelForCausalLM.from_pretrained))
     from safetensors.torch import load_file

@@ -50,8 +50,8 @@ ROWS = [
 ]
 FLAGS = (
     f"--max_steps {STEPS} --save_steps 2 --logging_steps 1 --per_device_train_batch_size 2 --learning_rate 5e-3 "
-    "--report_to none --validation_split_percentage 0 --seed 7 --save_total_limit 5"
-).split()
+    "--report_to none --validation_split_percentage 0 --seed 7 --save_total_limit 5 --keep_checkpoints"
+).split()  # checkpoints kept after success: the scenarios inspect them (their removal: tests/test_sft.py)
 
 # Python run in the scenario's process just before the script. ``Trainer`` is patched on the base class; TRL's
 # trainers call ``super()`` for these methods.
@@ -116,7 +116,8 @@ import resource, shutil
 from pathlib import Path
 reference, target = Path({str(reference)!r}), Path({str(target)!r})
 shutil.copytree(reference, target)
-largest_checkpoint_file = max(p.stat().st_size for p in (reference / "checkpoint-2").rglob("*") if p.is_file())
+first = reference / "checkpoints" / "checkpoint-2"
+largest_checkpoint_file = max(p.stat().st_size for p in first.rglob("*") if p.is_file())
 model = (reference / "model.safetensors").stat().st_size
 assert largest_checkpoint_file < model, (largest_checkpoint_file, model)
 limit = (largest_checkpoint_file + model) // 2
@@ -236,7 +237,7 @@ def assert_same_result(folder: Path, reference: Path) -> None:
 def test_reference_run_completes(stage):
     tmp, runs = stage
     assert runs["reference"].returncode == 0, runs["reference"].stderr[-3000:]
-    assert resolve_resume("latest", tmp / "reference") == str(tmp / "reference" / f"checkpoint-{STEPS}")
+    assert resolve_resume("latest", tmp / "reference") == str(tmp / "reference" / "checkpoints" / f"checkpoint-{STEPS}")
     assert len(log_losses(tmp / "reference")) == STEPS
 
 
@@ -249,24 +250,25 @@ def test_kill_during_a_checkpoint_write_never_damages_the_previous_one(stage):
     # from the resumed run's log, since the resumed run has already replaced checkpoint-4)
     resumed = runs["killed_resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"removing {folder}/checkpoint-4: its save was interrupted" in resumed.stderr
-    assert f"resuming from {folder}/checkpoint-2" in resumed.stderr
+    assert f"removing {folder}/checkpoints/checkpoint-4: its save was interrupted" in resumed.stderr
+    assert f"resuming from {folder}/checkpoints/checkpoint-2" in resumed.stderr
     assert_same_result(folder, tmp / "reference")
 
 
 def test_half_written_checkpoint_is_never_latest(tmp_path):
+    folder = tmp_path / "checkpoints"  # where the Trainer's checkpoints of --output_dir tmp_path live
     for step in (2, 4, 6, 8):
-        (tmp_path / f"checkpoint-{step}").mkdir()
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
     for step in (2, 4):
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')  # truncated
-    (tmp_path / "checkpoint-8" / "model.safetensors").write_bytes(b"")  # killed before trainer_state.json
-    (tmp_path / "checkpoint-x").mkdir()
-    assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoint-4")
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (folder / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "log_hist')  # truncated
+    (folder / "checkpoint-8" / "model.safetensors").write_bytes(b"")  # killed before trainer_state.json
+    (folder / "checkpoint-x").mkdir()
+    assert resolve_resume("latest", tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-4")
     from rlhf.errors import UsageError
 
     with pytest.raises(UsageError, match="incomplete checkpoint"):
-        resolve_resume(str(tmp_path / "checkpoint-8"), tmp_path)
+        resolve_resume(str(tmp_path / "checkpoints" / "checkpoint-8"), tmp_path)
     assert resolve_resume("latest", tmp_path / "empty") is None
 
 
@@ -281,7 +283,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(stage):
     assert "Traceback" not in proc.stderr
     resumed = runs["sigterm_resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {folder}/checkpoint-3" in resumed.stderr  # the checkpoint SIGTERM wrote
+    assert f"resuming from {folder}/checkpoints/checkpoint-3" in resumed.stderr  # the checkpoint SIGTERM wrote
     assert_same_result(folder, tmp / "reference")
 
 
@@ -291,14 +293,14 @@ def test_disk_full_while_writing_a_checkpoint(stage):
     folder = tmp / "enospc"
     line = error_line(runs["enospc"])
     assert runs["enospc"].returncode == 1
-    assert f"saving {folder}/checkpoint-4 failed" in line and "No space left on device" in line
+    assert f"saving {folder}/checkpoints/checkpoint-4 failed" in line and "No space left on device" in line
     assert "--resume_from_checkpoint latest" in line and "checkpoint-2" in line
     if "enospc_resumed" not in runs:
-        assert resolve_resume("latest", folder) == str(folder / "checkpoint-2")
+        assert resolve_resume("latest", folder) == str(folder / "checkpoints" / "checkpoint-2")
     else:
         resumed = runs["enospc_resumed"]
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert f"removing {folder}/checkpoint-4" in resumed.stderr
+        assert f"removing {folder}/checkpoints/checkpoint-4" in resumed.stderr
         assert_same_result(folder, tmp / "reference")
 
 
@@ -318,7 +320,7 @@ def test_file_size_limit_during_the_final_save_keeps_the_previous_result(stage):
             assert new.read_bytes() == old.read_bytes(), name
     assert not list(folder.glob(".tmp-*"))
     # the new run's checkpoints (all smaller than the limit) are complete: it can be resumed once space is back
-    assert resolve_resume("latest", folder) == str(folder / f"checkpoint-{STEPS}")
+    assert resolve_resume("latest", folder) == str(folder / "checkpoints" / f"checkpoint-{STEPS}")
 
 
 def test_nan_loss_stops_without_saving_that_step(stage):
@@ -329,9 +331,9 @@ def test_nan_loss_stops_without_saving_that_step(stage):
     line = error_line(proc)
     assert proc.returncode == 1
     assert "training stopped at step 4: non-finite loss" in line and "--nonfinite_loss skip" in line
-    assert f"{folder}/checkpoint-2" in line
-    assert not (folder / COMPLETE_MARKER).exists() and not (folder / "checkpoint-4").exists()
-    for path in (folder / "checkpoint-2").glob("*.safetensors"):
+    assert f"{folder}/checkpoints/checkpoint-2" in line
+    assert not (folder / COMPLETE_MARKER).exists() and not (folder / "checkpoints" / "checkpoint-4").exists()
+    for path in (folder / "checkpoints" / "checkpoint-2").glob("*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(str(path)).values())
 
 
@@ -528,7 +530,7 @@ def test_a_model_with_nan_weights_is_never_saved(script, policy, expected, nan_m
     assert lines[-1].startswith("error: ") and expected in lines[-1], err[-3000:]
     assert "Traceback" not in err
     assert not (out / COMPLETE_MARKER).exists() and not (out / "model.safetensors").exists()
-    assert not list(out.glob("checkpoint-*")) and not list(out.glob(".tmp-*"))
+    assert not list(out.glob("checkpoints/checkpoint-*")) and not list(out.glob(".tmp-*"))
 
 
 def test_any_disk_full_error_is_one_line_and_exit_1(capfd):

@@ -47,6 +47,7 @@ def runs(tiny_dir, tmp_path_factory):
         "steps",
         "--eval_steps",
         "1",
+        "--keep_checkpoints",  # searched for the token too
     ]
     # Both stages log to TensorBoard; the reward model to wandb too (finishing a wandb run costs ~20 s here; the
     # token reaches wandb the same way from either stage: the parsed arguments and the command line).
@@ -95,7 +96,7 @@ def test_both_stages_ran_with_both_trackers(runs):
     for name in ("sft", "rm"):
         assert results[name].returncode == 0, results[name].stderr[-3000:]
         assert list((tmp / f"tb-{name}").rglob("*tfevents*")), "TensorBoard wrote nothing: the test proves nothing"
-        assert (tmp / f"out-{name}" / "checkpoint-2" / "training_args.bin").is_file()
+        assert (tmp / f"out-{name}" / "checkpoints" / "checkpoint-2" / "training_args.bin").is_file()
     wandb_files = [p for p in (tmp / "wandb").rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in wandb_files), "wandb wrote nothing: the test proves nothing"
     assert results["failing"].returncode == 2
@@ -134,7 +135,7 @@ def test_saved_weights_are_safetensors(runs):
         pickles = {p.name for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")}
         assert pickles <= trainer_files, pickles
         assert (out / "model.safetensors").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
-        for checkpoint in out.glob("checkpoint-*"):
+        for checkpoint in out.glob("checkpoints/checkpoint-*"):
             assert list(checkpoint.glob("*.safetensors")), checkpoint
 
 

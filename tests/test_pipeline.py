@@ -198,7 +198,7 @@ def test_token_values_are_redacted_in_every_spelling():
 # ---------------------------------------------------------------------------------------------- reruns, rm2
 
 # rm2 saves a checkpoint every step, so the resume test below has one to resume from ("no" is --save_strategy's).
-RM2 = [("steps" if flag == "no" else flag) for flag in FAST["rm"]] + ["--save_steps", "1"]
+RM2 = [("steps" if flag == "no" else flag) for flag in FAST["rm"]] + ["--save_steps", "1", "--keep_checkpoints"]
 
 
 @pytest.fixture(scope="module")
@@ -295,19 +295,20 @@ def test_an_interrupted_stage_resumes_from_its_latest_complete_checkpoint(with_r
     out = tmp / "out"
     rm2 = out / "rm2"
     # What a run stopped after its first checkpoint leaves: checkpoint-1, no checkpoint-2, no COMPLETE.json.
-    shutil.rmtree(rm2 / "checkpoint-2")
+    shutil.rmtree(rm2 / "checkpoints" / "checkpoint-2")
     (rm2 / "COMPLETE.json").unlink()
     result = _pipeline("--config", config, "--stages", "rm2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from {rm2 / 'checkpoint-1'}: the last run of this command did not complete" in result.stdout
+    first = rm2 / "checkpoints" / "checkpoint-1"
+    assert f"resuming from {first}: the last run of this command did not complete" in result.stdout
     assert "--resume_from_checkpoint latest\n" in result.stdout  # the same command, plus the resume flag
     log = (out / "logs" / "rm2.log").read_text()
-    assert f"resuming from {rm2 / 'checkpoint-1'}" in log  # the stage itself says so (the log goes on)
+    assert f"resuming from {rm2 / 'checkpoints' / 'checkpoint-1'}" in log  # the stage itself says so (the log goes on)
     assert (rm2 / "COMPLETE.json").is_file()
     steps = [json.loads(line).get("step") for line in _rows(rm2 / "log_history.jsonl")]
     assert max(steps) == 2
     record = _record(out, "rm2")
-    assert record["status"] == "complete" and record["resumed_from"] == str(rm2 / "checkpoint-1")
+    assert record["status"] == "complete" and record["resumed_from"] == str(first)
     # The resumed run stands for the configured command: the next run skips it.
     again = _pipeline("--config", config, "--stages", "rm2")
     assert again.returncode == 0 and "skipped:" in again.stdout, again.stdout[-2000:]
@@ -322,24 +323,25 @@ def _trainer_stage(tmp_path, flags: list[str]) -> Stage:
 def test_a_checkpoint_is_resumed_only_by_the_command_that_made_it(tmp_path):
     stage = _trainer_stage(tmp_path, ["--max_steps", "4"])
     inputs = {"files": {}, "stages": {}}
-    (stage.clean / "checkpoint-2").mkdir(parents=True)
-    (stage.clean / "checkpoint-3").mkdir()  # interrupted mid-save: no trainer_state.json, never resumed
-    (stage.clean / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    checkpoints = stage.clean / "checkpoints"  # where the Trainer checkpoints for --output_dir stage.clean
+    (checkpoints / "checkpoint-2").mkdir(parents=True)
+    (checkpoints / "checkpoint-3").mkdir()  # interrupted mid-save: no trainer_state.json, never resumed
+    (checkpoints / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     record = {"status": "running", "argv": stage.argv, "inputs": inputs}
     assert plan(stage, record, inputs, None) == (
         "resume",
-        f"resuming from {stage.clean / 'checkpoint-2'}: the last run of this command did not complete",
+        f"resuming from {checkpoints / 'checkpoint-2'}: the last run of this command did not complete",
     )
     changed = _trainer_stage(tmp_path, ["--max_steps", "8"])
     action, why = plan(changed, record, inputs, None)
     assert action == "fresh"
     assert why == (
-        f"rerun: its command changed: --max_steps 4 -> 8; not resuming from {stage.clean / 'checkpoint-2'}: "
+        f"rerun: its command changed: --max_steps 4 -> 8; not resuming from {checkpoints / 'checkpoint-2'}: "
         "it predates that change"
     )
     assert plan(stage, record, {"files": {}, "stages": {"sft": "new"}}, None)[1].startswith("rerun: sft is new")
     assert plan(stage, record, inputs, "--force") == ("fresh", "rerun: --force")
-    shutil.rmtree(stage.clean / "checkpoint-2")
+    shutil.rmtree(checkpoints / "checkpoint-2")
     assert plan(stage, record, inputs, None) == (
         "fresh",
         f"rerun: {stage.clean} is incomplete and holds no complete checkpoint",

@@ -18,7 +18,8 @@ from rlhf.data.prompt_format import PromptFormat
 from rlhf.models.reward import RewardScorer
 from rlhf.ppo.config import MIN_RESPONSE_LENGTH, PPOConfig
 from rlhf.ppo.engine import PPOEngine
-from rlhf.ppo.models import PolicyWithValue, position_ids_from_mask, response_logprobs
+from rlhf.ppo.models import PolicyWithValue, adapter_disabled, position_ids_from_mask, response_logprobs
+from rlhf.ppo.sampling import left_pad, sample
 from rlhf.runtime.distributed import all_finite, ppo_optimizer
 from rlhf.scripts.rl_training import PPOModelArguments
 from tiny import ORCA_ROWS, build_llama, build_tokenizer
@@ -863,3 +864,73 @@ def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(
     assert not list(tmp_path.glob(".tmp-*"))  # the half-written folder is removed
     assert is_complete(tmp_path / "step_2") and find_latest(tmp_path) == tmp_path / "step_2"
     assert {p.name: p.read_bytes() for p in (tmp_path / "step_2").iterdir() if p.is_file()} == good
+
+
+# ---------------------------------------------------------------------------------------------------- folded LoRA
+
+
+def _lora_with_an_update(tiny_dir, **lora) -> torch.nn.Module:
+    """A LoRA model whose B matrices are non-zero (as after some PPO steps), so the adapter changes the function."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    targets = ["q_proj", "v_proj", "up_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM", **lora)
+    lm = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_dir)), config).eval()
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    return lm
+
+
+def test_folded_adapter_computes_the_same_function_and_restores_the_weights(tiny_dir, tokenizer, fmt):
+    """Folding W + s*B@A gives the LoRA model's logits to fp32 rounding and its greedy tokens exactly; on exit every
+    base weight is the very tensor it was, untouched (no merge/unmerge drift between steps)."""
+    from rlhf.ppo.models import adapter_folded, foldable_lora_layers
+
+    lm = _lora_with_an_update(tiny_dir)
+    layers = foldable_lora_layers(lm)
+    assert layers and len(layers) == 3 * lm.config.num_hidden_layers
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in lm.named_parameters()}
+    batch = [p["prompt_ids"] for p in prompts(tokenizer, fmt, 4)]
+    ids, mask = left_pad(batch, tokenizer.pad_token_id)
+    with torch.no_grad():
+        lora_logits = lm(input_ids=ids, attention_mask=mask).logits
+        with adapter_disabled(lm):
+            base_logits = lm(input_ids=ids, attention_mask=mask).logits
+        with adapter_folded(lm, layers):
+            folded_logits = lm(input_ids=ids, attention_mask=mask).logits
+    assert (lora_logits - base_logits).abs().max() > 1e-2  # the adapter matters...
+    torch.testing.assert_close(folded_logits, lora_logits, rtol=1e-5, atol=1e-5)  # ...and folding keeps it
+    plain = sample(lm, tokenizer, batch, 12, 1.0, greedy=True)
+    with adapter_folded(lm, layers):
+        folded = sample(lm, tokenizer, batch, 12, 1.0, greedy=True)
+    assert torch.equal(plain.input_ids, folded.input_ids)
+    for name, p in lm.named_parameters():
+        assert p.data_ptr() == before[name][0] and torch.equal(p.detach(), before[name][1]), name
+
+
+def test_only_plain_float32_lora_is_folded(tiny_dir):
+    from rlhf.ppo.models import foldable_lora_layers
+
+    assert foldable_lora_layers(_lora_with_an_update(tiny_dir, use_dora=True)) is None  # not a plain s*B@A
+    assert foldable_lora_layers(_lora_with_an_update(tiny_dir).to(torch.bfloat16)) is None  # bf16 rounds it away
+    from transformers import AutoModelForCausalLM
+
+    assert foldable_lora_layers(AutoModelForCausalLM.from_pretrained(str(tiny_dir))) is None  # no adapter
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_engine_samples_the_same_with_and_without_folding(engine_factory, tokenizer, fmt, mixed_precision):
+    """Two PPO steps (the adapter has moved by the second) with and without --fold_lora_for_sampling: the same
+    samples and log-probs. In fp32 the engine folds; under bf16 autocast it must not."""
+    runs = {}
+    for fold in (True, False):
+        engine = engine_factory(lr=3e-3, fold_lora_for_sampling=fold, mixed_precision=mixed_precision)
+        engine.step(prompts(tokenizer, fmt))
+        assert (engine._foldable_lora(engine.unwrapped.lm) is not None) == (fold and mixed_precision == "no")
+        runs[fold] = engine.rollout(prompts(tokenizer, fmt))
+    assert torch.equal(runs[True].input_ids, runs[False].input_ids)
+    torch.testing.assert_close(runs[True].logprobs, runs[False].logprobs, rtol=0, atol=TOL)

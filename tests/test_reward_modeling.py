@@ -208,8 +208,9 @@ def test_reference_command_under_torchrun_trains_keeps_the_token_out_and_rank_0_
         f"--model_name_or_path {tiny_dir} --output_dir {out} --log_level info --num_train_epochs 1 "
         f"--per_device_train_batch_size 1 --hf_access_token {TOKEN}"
     ).split()  # (pytest's temporary paths have no spaces)
-    # Unchanged, plus the local data set and --max_steps 2 so that the test takes seconds, not an epoch.
-    local = ["--dataset_name", str(data), "--max_steps", "2"]
+    # Unchanged, plus the local data set and --max_steps 2 so that the test takes seconds, not an epoch; the
+    # checkpoints are kept so that they are searched for the token too.
+    local = ["--dataset_name", str(data), "--max_steps", "2", "--keep_checkpoints"]
     torchrun = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_port"]
     proc = run_script(
         *torchrun, str(free_port()), "reward_modeling.py", *reference, *local, env={"OMP_NUM_THREADS": "1"}
@@ -220,13 +221,16 @@ def test_reference_command_under_torchrun_trains_keeps_the_token_out_and_rank_0_
 
     # the token is nowhere: not in any file of the output folder, not in what the run printed
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) > 10 and (out / "checkpoint-2" / "training_args.bin").is_file()
+    assert len(files) > 10 and (out / "checkpoints" / "checkpoint-2" / "training_args.bin").is_file()
     leaked = [str(p.relative_to(out)) for p in files if TOKEN.encode() in p.read_bytes()]
     assert leaked == []
     assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
 
-    # one complete, loadable result
+    # one complete, loadable result, with our model card
     assert (out / COMPLETE_MARKER).is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    card = (out / "README.md").read_text()
+    assert "# Reward model (reward_modeling.py)" in card and "AutoModelForSequenceClassification" in card
+    assert '"accuracy"' in card and "hf_access_token" not in card
     assert not [p.name for p in out.rglob("*") if p.name.startswith((".tmp", ".old"))]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stage"] == "reward_model" and metrics["heldout"]["split"] == "eval"

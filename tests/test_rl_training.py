@@ -150,6 +150,9 @@ USAGE_CASES = {
     "negative grad norm": (["--max_grad_norm", "-1"], "--max_grad_norm"),
     "scheduler": (["--lr_scheduler_type", "step"], "--lr_scheduler_type"),
     "warmup ratio": (["--warmup_ratio", "1.5"], "--warmup_ratio"),
+    "save every 0 steps": (["--save_freq", "0"], "--save_freq"),
+    "keep 0 checkpoints": (["--save_total_limit", "0"], "--save_total_limit"),
+    "not a checkpoint": (["--resume_from_checkpoint", "{tiny_dir}"], "not a complete PPO checkpoint"),
 }
 
 
@@ -196,6 +199,165 @@ def test_usage_error_as_a_process(tiny_dir, rm_dir, rows, tmp_path):
     proc = popen(argv)
     stdout, stderr = finish(proc)
     check_usage_error(proc.returncode, stdout, stderr, expected)
+
+
+def test_an_output_dir_that_is_a_file_is_one_line_exit_2(tiny_dir, rm_dir, rows, tmp_path, capsys, keep_logging):
+    import rl_training
+    from rlhf.errors import run_main
+
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(rl_training.main, base_args(tiny_dir, rm_dir, rows, target))
+    captured = capsys.readouterr()
+    check_usage_error(exit_info.value.code, captured.out, captured.err, f"--output_dir {target}: is a file")
+    assert target.read_text() == "not a folder"
+
+
+# ---------------------------------------------------------------------------------------------------- output safety
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_kept_rotated_refused_and_resumable(tiny_dir, rm_dir, rows, tmp_path):
+    """One 4-step run (a checkpoint every step, 2 kept), then, into the same folder: a second run is refused (exit
+    2, final/ and metrics.jsonl byte-identical), a resume with a changed flag is refused naming it, a resume of the
+    finished run with the same flags works, and --overwrite_output_dir starts afresh. final/ holds the model as users
+    upload it, with our model card and no resume state; that is in the last step_N/."""
+    out = tmp_path / "out"
+    script = str(ROOT / "rl_training.py")
+    flags = {"steps": 32, "save_freq": 1, "save_total_limit": 2, "hf_access_token": TOKEN}
+    stdout, stderr = finish(popen([script, *base_args(tiny_dir, rm_dir, rows, out, **flags)]))
+    assert (out / "final" / COMPLETE_MARKER).is_file(), stderr[-3000:]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_3", "step_4"]  # rotated: the newest 2
+
+    final = out / "final"
+    names = {p.name for p in final.iterdir()}
+    assert {"model.safetensors", "config.json", "value_head.safetensors", "prompt_format.json", "README.md"} <= names
+    assert {"tokenizer_config.json", "adapter", "ppo_config.json"} <= names
+    for resume_state in ("optimizer.pt", "rng.pt", "trainable_state.safetensors", "state.json", "run.json"):
+        assert resume_state not in names and (out / "step_4" / resume_state).is_file(), resume_state
+    card = (final / "README.md").read_text()
+    assert "# PPO" in card and str(tiny_dir) in card and str(rm_dir) in card and str(rows) in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and '"learning_rate": 0.001' in card
+    assert '"objective/kl"' in card  # the last step's metrics
+    assert TOKEN not in card and "hf_access_token" not in card
+    assert not (final / "adapter" / "README.md").exists()  # PEFT's template card is not left behind
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(final))  # loads as uploaded
+    before = {"final": snapshot(final), "metrics": (out / "metrics.jsonl").read_bytes()}
+
+    def rerun(*extra: str) -> subprocess.Popen:
+        return popen([script, *base_args(tiny_dir, rm_dir, rows, out, **flags), *extra])
+
+    proc = rerun()
+    stdout, stderr = finish(proc)
+    check_usage_error(proc.returncode, stdout, stderr, "holds a finished run; pass --overwrite_output_dir")
+    proc = rerun("--resume_from_checkpoint", "latest", "--learning_rate", "0.002", "--reward_baseline", "1")
+    stdout, stderr = finish(proc)
+    check_usage_error(proc.returncode, stdout, stderr, "a checkpoint of a different run")
+    assert "--learning_rate 0.001 -> 0.002" in stderr and "--reward_baseline 0.0 -> 1.0" in stderr
+    assert snapshot(final) == before["final"] and (out / "metrics.jsonl").read_bytes() == before["metrics"]
+
+    proc = rerun("--resume_from_checkpoint", "latest")  # a finished run resumes at its end: nothing to redo
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"resumed from {out / 'step_4'} at step 4" in stderr
+    assert (out / "metrics.jsonl").read_bytes() == before["metrics"]
+    assert snapshot(final)["model.safetensors"] == before["final"]["model.safetensors"]
+
+    proc = rerun("--overwrite_output_dir", "--steps", "16")
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_1", "step_2"]  # the old run's checkpoints went
+    assert json.loads((final / COMPLETE_MARKER).read_text())["step"] == 2
+
+
+def test_an_unfinished_run_is_not_restarted_over(tiny_dir, rm_dir, rows, tmp_path, capsys, keep_logging):
+    """Checkpoints of an unfinished run in --output_dir: a fresh start (no resume flag) is refused, not mixed in."""
+    import rl_training
+    from rlhf.errors import run_main
+
+    out = tmp_path / "out"
+    (out / "step_2").mkdir(parents=True)
+    (out / "step_2" / "state.json").write_text("{}")
+    (out / "step_2" / COMPLETE_MARKER).write_text(json.dumps({"step": 2}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(rl_training.main, base_args(tiny_dir, rm_dir, rows, out))
+    captured = capsys.readouterr()
+    check_usage_error(exit_info.value.code, captured.out, captured.err, "holds checkpoints of an unfinished run")
+    assert (out / "step_2" / COMPLETE_MARKER).is_file()
+
+
+def test_push_to_hub_uploads_final_only(tiny_dir, rm_dir, rows, tmp_path, monkeypatch, keep_logging):
+    """huggingface_hub's HfApi calls replaced by a recorder, only because the real hub is unreachable here; the file
+    list is what huggingface_hub's own filter keeps under the ignore patterns we pass."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    import rl_training
+
+    calls = []
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        calls.append((repo_id, Path(folder_path), sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "out"
+    argv = [*base_args(tiny_dir, rm_dir, rows, out, steps=8), "--push_to_hub", "--hub_model_id", "me/tiny-ppo"]
+    assert rl_training.main(argv) == 0
+    assert calls[0] == "me/tiny-ppo"
+    repo_id, folder, files = calls[1]
+    assert repo_id == "me/tiny-ppo" and folder == out / "final"
+    assert {"README.md", "model.safetensors", "value_head.safetensors", "prompt_format.json"} <= set(files)
+    assert not {"optimizer.pt", "rng.pt", "state.json", COMPLETE_MARKER} & set(files)
+
+
+def test_run_identity_names_what_differs(tiny_dir, rm_dir, tmp_path):
+    """Another data file content, another reward model or another process count is another run."""
+    from rlhf.data.pairs import DataArguments
+    from rlhf.errors import UsageError
+    from rlhf.ppo.checkpoint import RUN_FILE, check_same_run, run_identity
+    from rlhf.ppo.config import PPOConfig
+    from rlhf.scripts.rl_training import PPOModelArguments
+
+    data = write_rows(tmp_path / "rows.jsonl", ORCA_ROWS)
+    model, cfg, data_args = PPOModelArguments(model_name_or_path=str(tiny_dir)), PPOConfig(), DataArguments(str(data))
+
+    def identity(**changes) -> dict:
+        args = {"reward_model": str(rm_dir), "seed": 0, "processes": 1, "mixed_precision": "no", **changes}
+        return run_identity(model, cfg, data_args, **args)
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    check_same_run(checkpoint, identity())  # an older checkpoint without run.json: resumed, with a warning
+    (checkpoint / RUN_FILE).write_text(json.dumps(identity()))
+    check_same_run(checkpoint, identity())
+    with pytest.raises(UsageError, match="processes 1 -> 2, --reward_model_name"):
+        check_same_run(checkpoint, identity(processes=2, reward_model=str(tiny_dir)))
+    write_rows(data, ORCA_ROWS[:-1])
+    with pytest.raises(UsageError, match=r"a different run \(the data file's content \(sha256\) changed\)"):
+        check_same_run(checkpoint, identity())
+
+
+def test_rotation_keeps_the_newest_and_the_resumed_one(tmp_path):
+    from rlhf.ppo.checkpoint import rotate_checkpoints
+
+    for step in (1, 2, 3, 4):
+        folder = tmp_path / f"step_{step}"
+        folder.mkdir()
+        (folder / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
+    (tmp_path / "step_5").mkdir()  # being written: no marker, never counted nor deleted
+    rotate_checkpoints(tmp_path, 2, protected=tmp_path / "step_1")
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_1", "step_3", "step_4", "step_5"]
+    rotate_checkpoints(tmp_path, None)
+    assert len(list(tmp_path.glob("step_*"))) == 4
 
 
 # ---------------------------------------------------------------------------------------------------- reference line
@@ -252,7 +414,7 @@ def test_reference_command_line_runs_with_wandb_offline_and_writes_no_token(tiny
     final = out / "final"
     assert (final / COMPLETE_MARKER).is_file() and (final / "model.safetensors").is_file()
     assert (final / "adapter" / "adapter_config.json").is_file()
-    assert not list(out.glob("step_*"))  # save_freq=100 > 1 step
+    assert [p.name for p in out.glob("step_*")] == ["step_1"]  # save_freq=100 > 1 step: only the last step's
     runs = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].rglob("*.wandb")), "wandb wrote no offline run"
 
@@ -344,18 +506,18 @@ def test_exact_resume_after_sigkill_and_sigterm(tiny_dir, rm_dir, rows, tmp_path
         assert f"resumed from {out / f'step_{step}'} at step {step}" in stderr
     assert not list(killed.glob(".tmp-*"))  # stale temporaries are cleaned
 
-    a = trainable(straight / "final")
+    a = trainable(straight / "step_4")
     assert any("lora_B" in k for k in a) and any("value_head" in k for k in a)
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # it trained
     for out in (killed, termed):
-        b = trainable(out / "final")
+        b = trainable(out / "step_4")
         assert a.keys() == b.keys()
         for name in a:
             assert torch.equal(a[name], b[name]), (out.name, name)
         assert metrics(out) == metrics(straight), out.name
         assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
-        assert json.loads((out / "final" / "state.json").read_text()) == json.loads(
-            (straight / "final" / "state.json").read_text()
+        assert json.loads((out / "step_4" / "state.json").read_text()) == json.loads(
+            (straight / "step_4" / "state.json").read_text()
         )
 
     # final/ is a loadable merged policy: the same function as base + saved adapter, and not the base.
@@ -463,12 +625,12 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path, mixed_precision):
     assert float(coefs[0][2]) == pytest.approx(rows_logged[2]["objective/kl_coef"], rel=1e-12)
     assert (out / "step_2" / COMPLETE_MARKER).is_file() and (out / "final" / COMPLETE_MARKER).is_file()
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
-    assert len(torch.load(out / "final" / "rng.pt", weights_only=True)["ranks"]) == 2
+    assert len(torch.load(out / "step_3" / "rng.pt", weights_only=True)["ranks"]) == 2
 
     proc = torchrun(base_args(tiny_dir, rm_dir, rows, resumed, **settings, resume_from_checkpoint=out / "step_2"), env)
     stdout, stderr = finish(proc, timeout=180)
     assert proc.returncode == 0, stderr[-4000:]
     assert metrics(resumed) == metrics(out)[2:]
-    a, b = trainable(out / "final"), trainable(resumed / "final")
+    a, b = trainable(out / "step_3"), trainable(resumed / "step_3")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert kl_coefs_per_rank(stderr)[1] == {3: coefs[1][3]}

@@ -12,6 +12,7 @@ Every stage goes through here, in this order, before any model is loaded:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -403,3 +404,23 @@ def validate_and_split(source: SourceRows, args: DataArguments) -> SplitPairs:
 def load_pairs(args: DataArguments, token: str | None = None) -> SplitPairs:
     """Load, validate and split in one call (what every stage does first)."""
     return validate_and_split(load_rows(args, token), args)
+
+
+def data_fingerprint(path: str) -> str | None:
+    """sha256 of a local data file, or of the data files in a folder; ``missing``; None for a hub dataset name."""
+    if not looks_local(path):
+        return None
+    target = Path(path).expanduser()
+    if target.is_dir():
+        files = sorted(p for p in target.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file())
+    elif target.is_file():
+        files = [target]
+    else:
+        return "missing"
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

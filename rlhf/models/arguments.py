@@ -81,6 +81,10 @@ class ModelArguments(LoadArguments):
         super().__post_init__()
         if not self.model_name_or_path:
             raise UsageError("--model_name_or_path is required")
+        if self.tokenizer_name:
+            from rlhf.models.loading import check_model_folder
+
+            check_model_folder(self.tokenizer_name, "tokenizer_name")
         if self.peft not in ("lora", "none"):
             raise UsageError(f"--peft: expected lora or none, got {self.peft!r}")
         if self.lora_rank <= 0:

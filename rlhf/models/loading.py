@@ -229,6 +229,11 @@ def _float32_inputs(module: Any, args: tuple) -> tuple:
 # Folder checks: the wrong kind of model stops before anything is loaded
 
 
+def _local_path(name: str) -> bool:
+    """A name that can only be a path, never a hub id (``name`` or ``org/name``)."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def check_causal_lm_folder(path: str, what: str) -> None:
     """Stop early when a local folder is not a causal LM (e.g. a reward model passed as policy)."""
     _check_architecture(path, what, want="ForCausalLM")
@@ -239,7 +244,17 @@ def check_reward_folder(path: str, what: str) -> None:
     _check_architecture(path, what, want="ForSequenceClassification")
 
 
+def check_model_folder(path: str, what: str) -> None:
+    """Stop early when ``path`` can only be a local folder and is not one (a typo, a file)."""
+    folder = Path(path)
+    if folder.is_file():
+        raise UsageError(f"--{what} {path}: is a file; expected a model folder")
+    if not folder.exists() and _local_path(path):
+        raise UsageError(f"--{what} {path}: no such folder")
+
+
 def _check_architecture(path: str, what: str, want: str) -> None:
+    check_model_folder(path, what)
     config = Path(path) / "config.json"
     if not config.is_file():
         return  # a hub name: the hub's loader reports its own problems

@@ -3,13 +3,13 @@ from a checkpoint, or start afresh."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
+from rlhf.data.pairs import data_fingerprint as fingerprint
 from rlhf.outputs.folders import COMPLETE_MARKER, is_complete, write_whole
 from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint
 from rlhf.pipeline.stages import Stage
@@ -42,28 +42,6 @@ def redact_argv(argv: list[str]) -> list[str]:
                 hide = index + 1 < len(argv) and not argv[index + 1].startswith("--")
         shown.append(token)
     return shown
-
-
-def fingerprint(path: str) -> str | None:
-    """sha256 of a local data file, or of the data files in a folder; ``missing``; None for a hub dataset name."""
-    from rlhf.data.pairs import SUPPORTED_SUFFIXES, looks_local
-
-    if not looks_local(path):
-        return None
-    target = Path(path).expanduser()
-    if target.is_dir():
-        files = sorted(p for p in target.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file())
-    elif target.is_file():
-        files = [target]
-    else:
-        return "missing"
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def record_path(output: str | Path, name: str) -> Path:
@@ -173,7 +151,9 @@ def latest_checkpoint(stage: Stage) -> Path | None:
     if stage.checkpoints == "ppo" and stage.clean.is_dir():
         found = []
         for path in stage.clean.iterdir():
-            if (path.name.startswith("step_") or path.name == "final") and is_complete(path):
+            # final/ holds the model only; an older final/ with resume state (state.json) still counts
+            resumable = path.name.startswith("step_") or (path.name == "final" and (path / "state.json").is_file())
+            if resumable and is_complete(path):
                 marker = read_json_object(path / COMPLETE_MARKER) or {}
                 found.append((marker.get("step", -1), path.name))
         return stage.clean / max(found)[1] if found else None

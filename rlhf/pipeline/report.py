@@ -1,4 +1,5 @@
-"""Write ``<run>/report.md`` with PNG plots from a pipeline run's outputs (sft/, rm/, ppo/, eval/).
+"""Write ``<run>/report.md`` with PNG plots from a pipeline run's outputs (sft/, rm/, ppo/, eval/); without
+matplotlib the plots are tables.
 
     python -m rlhf.pipeline.report --run out/demo
 
@@ -24,16 +25,33 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str) -> bool:
-    """One small figure per quantity; returns False when there is nothing to draw."""
-    series = {k: v for k, v in series.items() if v[0]}
-    if not series:
-        return False
-    import matplotlib
-
+def _pyplot() -> Any:
+    """matplotlib's pyplot (headless), or None when matplotlib is not installed: the report then shows tables."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+NO_MATPLOTLIB = "matplotlib is not installed (`pip install matplotlib`): plots are shown as tables."
+TABLE_ROWS = 20  # a series longer than this is shown at evenly spaced points, the last one included
+
+
+def _plot(
+    path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, alt: str
+) -> list[str]:
+    """One small figure per quantity, as a markdown image line, or a table of the values without matplotlib; no
+    lines when there is nothing to draw."""
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return []
+    plt = _pyplot()
+    if plt is None:
+        return _table(series, xlabel)
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
     for ax, (name, (xs, ys)) in zip(axes[0], series.items(), strict=True):
         ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
@@ -44,17 +62,39 @@ def _plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return True
+    return [f"![{alt}]({path.name})", ""]
 
 
-def _histogram(path: Path, values: list[float], title: str) -> bool:
+def _table(series: dict[str, tuple[list[float], list[float]]], xlabel: str) -> list[str]:
+    """The series as one markdown table keyed by their x values (they share them: steps)."""
+    columns = list(series)
+    by_x: dict[Any, dict[str, float]] = {}
+    for name, (xs, ys) in series.items():
+        for x, y in zip(xs, ys, strict=True):
+            by_x.setdefault(x, {})[name] = y
+    xs = sorted(by_x)
+    if len(xs) > TABLE_ROWS:
+        xs = [xs[round(i * (len(xs) - 1) / (TABLE_ROWS - 1))] for i in range(TABLE_ROWS)]
+    lines = [f"| {xlabel} | {' | '.join(columns)} |", "|" + "---|" * (len(columns) + 1)]
+    for x in xs:
+        lines.append(f"| {x} | {' | '.join(_fmt(by_x[x].get(c, '')) for c in columns)} |")
+    return [*lines, ""]
+
+
+def _histogram(path: Path, values: list[float], title: str, alt: str) -> list[str]:
     if not values:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        return []
+    plt = _pyplot()
+    if plt is None:
+        ordered = sorted(values)
+        quantiles = {q: ordered[round(q * (len(ordered) - 1))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        positive = sum(v > 0 for v in values) / len(values)
+        return [
+            f"{title}: | min | 25% | median | 75% | max | share > 0 |",
+            "|---|---|---|---|---|---|",
+            "| " + " | ".join(_fmt(float(v)) for v in quantiles.values()) + f" | {_fmt(positive)} |",
+            "",
+        ]
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(values, bins=30)
     ax.axvline(0.0, color="black", linewidth=1)
@@ -63,7 +103,7 @@ def _histogram(path: Path, values: list[float], title: str) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return True
+    return [f"![{alt}]({path.name})", ""]
 
 
 def _fmt(value: Any) -> str:
@@ -72,19 +112,19 @@ def _fmt(value: Any) -> str:
 
 def build_report(run: Path) -> Path:
     lines = [f"# RLHF run report: `{run}`", ""]
+    if _pyplot() is None:
+        lines += [NO_MATPLOTLIB, ""]
 
     # SFT
     lines += ["## 1. SFT", ""]
     history = [r for r in _jsonl(run / "sft" / "log_history.jsonl") if "loss" in r]
-    if _plot(
+    lines += _plot(
         run / "sft_loss.png",
         {"train loss": ([r["step"] for r in history], [r["loss"] for r in history])},
         "SFT",
         "step",
-    ):
-        lines += ["![SFT loss](sft_loss.png)", ""]
-    else:
-        lines += ["No SFT loss history found.", ""]
+        alt="SFT loss",
+    ) or ["No SFT loss history found.", ""]
 
     # Reward model
     lines += ["## 2. Reward model", ""]
@@ -97,7 +137,7 @@ def build_report(run: Path) -> Path:
             "",
         ]
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
-    if _plot(
+    lines += _plot(
         run / "rm_training.png",
         {
             "train accuracy": ([r["step"] for r in rm_history], [r["accuracy"] for r in rm_history]),
@@ -105,11 +145,12 @@ def build_report(run: Path) -> Path:
         },
         "Reward model",
         "step",
-    ):
-        lines += ["![RM training](rm_training.png)", ""]
+        alt="RM training",
+    )
     margins = _json(run / "eval" / "margins.json") or {}
-    if _histogram(run / "rm_margins.png", margins.get("rm", []), "held-out margins of the reward model"):
-        lines += ["![RM margins](rm_margins.png)", ""]
+    lines += _histogram(
+        run / "rm_margins.png", margins.get("rm", []), "held-out margins of the reward model", alt="RM margins"
+    )
 
     # PPO
     lines += ["## 3. PPO", ""]
@@ -121,13 +162,15 @@ def build_report(run: Path) -> Path:
         "entropy per token": "objective/token_entropy",
         "response length": "tokens/responses_len_mean",
     }
-    if _plot(
+    drawn = _plot(
         run / "ppo.png",
         {label: (xs, [r.get(key, float("nan")) for r in steps]) for label, key in keys.items()},
         "PPO per step",
         "step",
-    ):
-        lines += ["![PPO](ppo.png)", ""]
+        alt="PPO",
+    )
+    if drawn:
+        lines += drawn
         last = steps[-1]
         lines += [
             f"{len(steps)} steps; last step: reward {last['objective/scores']:.3f}, KL "

@@ -108,6 +108,14 @@ class PPOConfig:
     forward_batch_size: int | None = field(
         default=None, metadata={"help": "Sequences per no-grad forward in the rollout (default: the whole batch)."}
     )
+    fold_lora_for_sampling: bool = field(
+        default=True,
+        metadata={
+            "help": "Generate with each LoRA adapter folded into its float32 base weight (W + s*B@A; same "
+            "distribution to float32 rounding, the bare model's speed), restored untouched afterwards. Applies to "
+            "fp32 single-device or DDP runs on CPU/CUDA; costs one extra copy of the adapted weights while sampling."
+        },
+    )
     static_shapes: bool = field(
         default=False,
         metadata={
@@ -163,7 +171,7 @@ class PPOConfig:
             raise ValueError(f"--warmup_ratio: expected a value in [0, 1), got {self.warmup_ratio}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"--kl_estimator: expected k1 or k3, got {self.kl_estimator!r}")
-        if self.temperature <= 0:
+        if not self.temperature > 0:  # NaN fails too
             raise ValueError(f"--temperature: expected > 0, got {self.temperature}")
         # TRL's convention (a positive number is subtracted). The opposite sign, accepted here before, turned a TRL
         # user's 1.0 into a bonus for responses that never end: refuse it rather than guess.
@@ -175,12 +183,17 @@ class PPOConfig:
         if not self.max_grad_norm >= 0:  # NaN fails too
             raise ValueError(f"--max_grad_norm: expected >= 0 (0 turns clipping off), got {self.max_grad_norm}")
         for name in ("learning_rate", "cliprange", "cliprange_value", "target_kl", "kl_target", "kl_horizon"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:  # NaN fails too
+                raise ValueError(f"--{name}: expected a finite value > 0, got {getattr(self, name)}")
+        for name in ("init_kl_coef", "vf_coef"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"--{name}: expected a finite value >= 0, got {getattr(self, name)}")
         # Unset means off/default; a set value must be usable (these used to fail mid-run with a traceback).
         for name in ("forward_batch_size", "reward_clip"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: expected > 0, got {getattr(self, name)}")
+        if not math.isfinite(self.reward_baseline):
+            raise ValueError(f"--reward_baseline: expected a finite number, got {self.reward_baseline}")
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name}: expected a value in [0, 1], got {getattr(self, name)}")

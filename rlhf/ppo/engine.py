@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,23 @@ from rlhf.ppo.math import (
     normalize_scores,
     sample_response_length,
 )
-from rlhf.ppo.models import PolicyWithValue, adapter_disabled, causal_lm_logprobs, response_logprobs
+from rlhf.ppo.models import (
+    PolicyWithValue,
+    adapter_disabled,
+    adapter_folded,
+    causal_lm_logprobs,
+    foldable_lora_layers,
+    response_logprobs,
+)
 from rlhf.ppo.sampling import Samples, sample
 from rlhf.runtime.device import DeviceRuntime
-from rlhf.runtime.distributed import Collectives, all_finite, full_parameters, generation_kwargs
+from rlhf.runtime.distributed import (
+    Collectives,
+    all_finite,
+    full_parameters,
+    generation_kwargs,
+    shards_parameters,
+)
 
 logger = logging.getLogger("rlhf.ppo.engine")
 
@@ -181,8 +194,10 @@ class PPOEngine:
         cfg = self.config
         max_new_tokens = self.response_length()
         static = cfg.static_shapes  # every step the same shapes: the longest possible response, whatever was drawn
+        lm = self.unwrapped.lm
+        folded = self._foldable_lora(lm)
         samples = sample(
-            self.unwrapped.lm,
+            lm,
             self.tokenizer,
             prompts,
             max_new_tokens,
@@ -192,12 +207,27 @@ class PPOEngine:
             response_width=(cfg.response_length or cfg.output_max_length) if static else None,
             device=self.accelerator.device,
             # Sharded policy (FSDP/ZeRO-3): the root unit gathered for generate; one precision context for all.
-            context=_entered(full_parameters(self.accelerator, self.policy), self.accelerator.autocast()),
+            context=_entered(
+                full_parameters(self.accelerator, self.policy),
+                self.accelerator.autocast(),
+                adapter_folded(lm, folded) if folded else nullcontext(),
+            ),
             **generation_kwargs(self.accelerator),
             **self.runtime.generate_kwargs,  # Gaudi lazy mode: optimum-habana's generation with HPU graphs
         )
         self.runtime.mark_step()
         return samples
+
+    def _foldable_lora(self, lm: torch.nn.Module) -> list[torch.nn.Module] | None:
+        """The LoRA layers to fold for sampling (``adapter_folded``), or None: only in fp32 (under bf16 autocast the
+        folded weight would be rounded to bf16, losing a small update), with whole parameters on this process (not
+        FSDP/ZeRO-3) on a CPU or GPU, and not with --fold_lora_for_sampling False."""
+        acc = self.accelerator
+        if not self.config.fold_lora_for_sampling or acc.mixed_precision != "no" or self.runtime.generate_kwargs:
+            return None
+        if acc.device.type not in ("cpu", "cuda") or shards_parameters(acc):
+            return None
+        return foldable_lora_layers(lm)
 
     def _chunks(self, n: int) -> list[slice]:
         size = self.config.forward_batch_size or n

@@ -11,6 +11,7 @@ save      step_N/ checkpoints and final/ (rlhf.ppo.checkpoint)
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import signal
@@ -35,8 +36,19 @@ from rlhf.models.loading import (
 )
 from rlhf.models.reward import load_reward_stats, load_scorer
 from rlhf.outputs.folders import clean_stale_temporaries
+from rlhf.outputs.hub import hub_repo_id
 from rlhf.outputs.jsonl import truncate_jsonl, write_jsonl
-from rlhf.ppo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from rlhf.outputs.model_card import changed_flags
+from rlhf.ppo.checkpoint import (
+    check_same_run,
+    discard_previous_run,
+    load_checkpoint,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    run_identity,
+    save_checkpoint,
+    start_output,
+)
 from rlhf.ppo.engine import PPOEngine, Rollout
 from rlhf.ppo.models import PolicyWithValue
 from rlhf.runtime.backend import select_backend
@@ -70,7 +82,11 @@ class PPORun:
     fmt: PromptFormat
     output_dir: Path
     total_steps: int
+    identity: dict[str, Any]  # run.json: what a resume must match (rlhf.ppo.checkpoint.run_identity)
+    card: dict[str, Any]  # final/README.md: the model card's inputs, metrics added at the end
     step: int = 0
+    resumed_from: Path | None = None  # never rotated away
+    push_to: str | None = None  # --push_to_hub: the hub repository final/ goes to
 
     @property
     def collectives(self) -> Collectives:
@@ -92,8 +108,13 @@ def setup(
     script: Any, model_args: Any, cfg: Any, data_args: Any, hub: Any, backend_args: Any, precision: Any
 ) -> PPORun:
     """Everything before the first step, each flag checked before anything heavy is loaded."""
-    if script.save_freq is not None and script.save_freq < 1:
-        raise UsageError(f"--save_freq: expected a positive integer, got {script.save_freq}")
+    for flag in ("save_freq", "save_total_limit"):
+        value = getattr(script, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag}: expected a positive integer, got {value}")
+    output_dir = Path(script.output_dir)
+    start_output(output_dir, script.overwrite_output_dir, bool(script.resume_from_checkpoint))
+    push_to = hub_repo_id(script.hub_model_id, output_dir) if script.push_to_hub else None
     backend = select_backend(backend_args)
     mixed_precision = precision.mixed_precision("ppo", backend)  # flags, else accelerate's config, else the default
     quantization = model_args.quantization_config(backend.name, model_args.dtype)
@@ -120,8 +141,18 @@ def setup(
     logger.info("precision: %s mixed precision, weights in %s", accelerator.mixed_precision, model_args.torch_dtype)
     check_causal_lm_folder(model_args.model_name_or_path, "model_name")  # the wrong kind of folder stops here
     check_reward_folder(script.reward_model_name, "reward_model_name")
-    output_dir = Path(script.output_dir)
     resume = resolve_checkpoint(script.resume_from_checkpoint, output_dir)
+    identity = run_identity(
+        model_args,
+        cfg,
+        data_args,
+        script.reward_model_name,
+        script.seed,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+    )
+    if resume is not None:
+        check_same_run(resume, identity)  # before any model is loaded
 
     # ------------------------------------------------------------------ prompts in the policy's format
     split = load_pairs(data_args, hub.token)
@@ -196,13 +227,27 @@ def setup(
         fmt,
         output_dir,
         cfg.num_steps(accelerator.num_processes),
+        identity,
+        card={
+            "stage": "ppo",
+            "base_model": model_args.model_name_or_path,
+            "data": data_args.dataset_name,
+            "extra": {"reward model": script.reward_model_name},
+            "flags": changed_flags(script, model_args, cfg, data_args),
+            "fmt": fmt,
+            "secrets": [hub.hf_access_token],
+        },
+        push_to=push_to,
     )
     if resume is not None:
         run.step = load_checkpoint(resume, accelerator, engine, sampler)
+        run.resumed_from = resume
         logger.info("resumed from %s at step %d", resume, run.step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(output_dir)
+        if resume is None and script.overwrite_output_dir:
+            discard_previous_run(output_dir)
         truncate_jsonl(output_dir / "metrics.jsonl", run.step)
         truncate_jsonl(output_dir / "samples.jsonl", run.step)
     if script.log_with not in (None, "none"):
@@ -261,8 +306,8 @@ def log_step(run: PPORun, stats: dict[str, float], rollout: Rollout, batch: list
 
 
 def save(run: PPORun, name: str) -> Path:
-    """``output_dir/name``: ``step_N`` (resume state, the adapter; the merged policy with --save_merged) or
-    ``final`` (the merged policy too)."""
+    """``output_dir/step_N`` (resume state, the adapter; the merged policy with --save_merged), then the
+    ``--save_total_limit`` rotation; or ``final`` (the model as users upload it, with its model card)."""
     final = name == "final"
     folder = run.output_dir / name
     save_checkpoint(
@@ -275,8 +320,21 @@ def save(run: PPORun, name: str) -> Path:
         run.step,
         merged=final or run.script.save_merged,
         final=final,
+        run_info=run.identity,
+        card={**run.card, "metrics": last_metrics(run.output_dir)} if final else None,
     )
+    if not final and run.accelerator.is_main_process:
+        rotate_checkpoints(run.output_dir, run.script.save_total_limit, protected=run.resumed_from)
     return folder
+
+
+def last_metrics(output_dir: Path) -> dict[str, Any]:
+    """The last step's line of metrics.jsonl (what the model card reports), without the timings."""
+    path = output_dir / "metrics.jsonl"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    if not lines:
+        return {}
+    return {k: v for k, v in json.loads(lines[-1]).items() if not k.startswith("time/")}
 
 
 class StopRequested:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
 
+from rlhf.errors import UsageError
+
 logger = logging.getLogger("rlhf.runtime.backend")
+
+DEVICES = ("cpu", "cuda", "hpu")  # --device values: where a run goes, never which card (CUDA_VISIBLE_DEVICES)
 
 
 @dataclass
@@ -29,10 +34,25 @@ class BackendArguments:
     device: str | None = field(
         default=None,
         metadata={
-            "help": "Accepted for compatibility with the reference command line: 'hpu' is the same as "
-            "--use_habana, 'cpu' forces the CPU; otherwise the device is chosen automatically."
+            "help": "cpu, cuda or hpu (the reference command line's --device hpu is the same as --use_habana). "
+            "Default: chosen automatically (CUDA when there is a GPU). A GPU index (cuda:1) is refused: pick GPUs "
+            "with CUDA_VISIBLE_DEVICES, or one per process with torchrun / accelerate launch."
         },
     )
+
+    def __post_init__(self) -> None:
+        # Checked while parsing: a value that was ignored before (cuda:1, gpu) must not quietly run elsewhere.
+        if self.device is None:
+            return
+        name = self.device.strip().lower()
+        if re.fullmatch(r"cuda:\d+", name):
+            raise UsageError(
+                f"--device {self.device}: choosing a GPU by index is not supported; use CUDA_VISIBLE_DEVICES="
+                f"{name.split(':')[1]} (one process) or torchrun / accelerate launch (one GPU per process)"
+            )
+        if name not in DEVICES:
+            raise UsageError(f"--device {self.device}: expected one of {', '.join(DEVICES)}")
+        self.device = name
 
 
 @dataclass(frozen=True)
@@ -49,7 +69,9 @@ class Backend:
 
 def select_backend(args: BackendArguments) -> Backend:
     """Pick the backend from the flags and the machine. ``--use_habana`` without Habana software stops at once."""
-    use_habana = args.use_habana or (args.device or "").lower() == "hpu"
+    use_habana = args.use_habana or args.device == "hpu"
+    if args.use_habana and args.device in ("cpu", "cuda"):
+        raise UsageError(f"--use_habana and --device {args.device} contradict each other: give one")
     if args.use_lazy_mode and not use_habana:
         logger.warning("--use_lazy_mode has no effect without --use_habana")
     from rlhf.runtime.stack import prepare_stack
@@ -57,7 +79,9 @@ def select_backend(args: BackendArguments) -> Backend:
     prepare_stack(use_habana, args.use_lazy_mode)  # the libraries fit the run; the HPU set up before any model
     if use_habana:
         return Backend("hpu", lazy_mode=args.use_lazy_mode)
-    if (args.device or "").lower() == "cpu" or not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible here (leave --device out to run on the CPU)")
+    if args.device == "cpu" or not torch.cuda.is_available():
         return Backend("cpu")
     return Backend("cuda")
 

@@ -105,6 +105,12 @@ def trainer_config_base(kind: str) -> type:
             },
         )
         trust_remote_code: bool = field(default=False, init=False)  # --trust_remote_code: the model flags'
+        do_train: bool = field(
+            default=True,
+            metadata={
+                "help": "Always true: the stage trains (accepted for the reference command line; false is refused)."
+            },
+        )
 
         def __post_init__(self) -> None:
             if self.bf16 is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.cli import parse_arguments, setup_logging
+from rlhf.cli import check_output_dir, check_seed, drop_debug_switch, parse_arguments, setup_logging
 from rlhf.data.pairs import DataArguments, load_rows, validate_and_split
 from rlhf.data.prompt_format import resolve_prompt_format
 from rlhf.data.prompts import build_prompts
@@ -44,7 +44,7 @@ from rlhf.evaluation import (
     win_rate,
 )
 from rlhf.models.arguments import LoadArguments
-from rlhf.models.loading import check_causal_lm_folder, frozen, load_causal_lm, load_tokenizer
+from rlhf.models.loading import check_causal_lm_folder, check_reward_folder, frozen, load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_scorer, score_sequences
 from rlhf.outputs.folders import published
 from rlhf.ppo.checkpoint import load_ppo_config
@@ -100,6 +100,8 @@ class EvalArguments:
                 raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"--temperature: expected a value > 0, got {self.temperature}")
+        check_seed(self.seed)
+        check_output_dir(self.output_dir)
 
 
 @dataclass
@@ -108,8 +110,12 @@ class EvalDataArguments(DataArguments):
         default="data/orca_sample/heldout.jsonl", metadata={"help": "Held-out pairs (file, folder or hub name)."}
     )
     validation_split_percentage: float = field(
-        default=0, metadata={"help": "Kept at 0: the whole file is used as held-out data."}
+        default=0, metadata={"help": "Must stay 0: every row of --dataset_name is held-out data."}
     )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Read at most this many rows (prompts come from the first --num_prompts)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Refused: see --max_train_samples."})
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -150,7 +156,14 @@ def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments, and every input checked
     types = (EvalArguments, EvalDataArguments, LoadArguments, HubArguments, PrecisionArguments)
+    argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main)
     args, data_args, load_args, hub, precision = parse_arguments(types, argv, __doc__)
+    if data_args.validation_split_percentage or data_args.max_eval_samples is not None:
+        flag = "--max_eval_samples" if data_args.max_eval_samples is not None else "--validation_split_percentage"
+        raise UsageError(
+            f"{flag}: evaluate.py uses every row of --dataset_name as held-out data; give it the held-out file, and "
+            "limit the rows with --num_prompts, --num_pairs or --max_train_samples"
+        )
     setup_logging("info")
     protect_secrets(hub)
     device = pick_device(args.device)
@@ -163,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, flag in ((args.sft_model, "sft_model"), (args.ppo_model, "ppo_model")):
         check_causal_lm_folder(name, flag)
+    for name, flag in ((args.reward_model, "reward_model"), (args.second_reward_model, "second_reward_model")):
+        if name:
+            check_reward_folder(name, flag)
     temperature = args.temperature or (load_ppo_config(args.ppo_model) or {}).get("temperature", 1.0)
     logger.info("sampling temperature %s", temperature)
     source = load_rows(data_args, hub.token)

@@ -29,7 +29,7 @@ from rlhf.data.encoding import reward_features
 from rlhf.errors import UsageError
 from rlhf.evaluation import preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
-from rlhf.models.loading import load_reward_model, upcast_trainable, with_lora
+from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
 from rlhf.runtime.stack import build_reward_trainer, trainer_config_base
 from rlhf.stages.trainer_stage import Run, TrainerStage
@@ -79,6 +79,10 @@ class RewardArguments(trainer_config_base("reward")):
     )
 
 
+def configure(run: Run) -> None:
+    check_model_folder(run.model_args.model_name_or_path, "model_name_or_path")  # a typo stops before the data
+
+
 def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
     """A one-logit classifier on the input model, with LoRA and the new score head trained (float32)."""
     args = run.model_args
@@ -124,6 +128,7 @@ REWARD_MODEL = TrainerStage(
     features=reward_features,
     load_model=load_model,
     build_trainer=build_reward_trainer,  # TRL's RewardTrainer; GaudiRewardTrainer on the Gaudi stack
+    configure=configure,
     after_training=after_training,
 )
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from rlhf.errors import RunError, UsageError, first_line
-from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint
+from rlhf.outputs.trainer_checkpoints import checkpoints_dir, latest_trainer_checkpoint
 from rlhf.runtime.distributed import Collectives
 from rlhf.stages.saving import nonfinite_parameters
 
@@ -38,10 +39,11 @@ class TrainingGuard(TrainerCallback):
     disagree about stopping.
     """
 
-    def __init__(self, nonfinite: str = "stop"):
+    def __init__(self, nonfinite: str = "stop", output_dir: str | None = None):
         if nonfinite not in NONFINITE_CHOICES:
             raise UsageError(f"--nonfinite_loss: expected one of {', '.join(NONFINITE_CHOICES)}, got {nonfinite!r}")
         self.nonfinite = nonfinite
+        self.output_dir = output_dir  # the stage's --output_dir (its checkpoints: rlhf.outputs.trainer_checkpoints)
         self.preempted = False  # stopped by SIGTERM after writing a checkpoint
         self.nonfinite_steps: list[int] = []  # optimizer steps whose update was discarded
         self.stopped_at: int | None = None  # step at which a non-finite loss stopped training
@@ -130,7 +132,7 @@ class TrainingGuard(TrainerCallback):
     # -------------------------------------------------------------- the run
     def train(self, trainer: Any, resume_from_checkpoint: str | None) -> Any:
         """``trainer.train`` with the faults above turned into one-line errors or a resumable stop."""
-        output_dir = trainer.args.output_dir
+        output_dir = self.output_dir or str(Path(trainer.args.output_dir).parent)
         if resume_from_checkpoint:
             logger.info("resuming from %s", resume_from_checkpoint)
         accelerator = getattr(trainer, "accelerator", None)  # every Trainer has one; a stand-in may not
@@ -142,8 +144,8 @@ class TrainingGuard(TrainerCallback):
             if self._saving is None or self._evaluating:
                 raise
             raise RunError(
-                f"saving {output_dir}/checkpoint-{self._saving} failed ({first_line(err)}); it is incomplete and "
-                f"will not be resumed from. {self._resume_hint(output_dir)}; free space first"
+                f"saving {checkpoints_dir(output_dir)}/checkpoint-{self._saving} failed ({first_line(err)}); it is "
+                f"incomplete and will not be resumed from. {self._resume_hint(output_dir)}; free space first"
             ) from err
         finally:
             if accelerator is not None:

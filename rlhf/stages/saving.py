@@ -13,6 +13,7 @@ from rlhf.data.pairs import DropReport
 from rlhf.data.prompt_format import PromptFormat
 from rlhf.errors import RunError, first_line
 from rlhf.outputs.folders import STAGING, discard_staging, prepare_staging, publish_staged
+from rlhf.outputs.model_card import write_model_card
 from rlhf.runtime.distributed import (
     Collectives,
     full_state_dict,
@@ -33,8 +34,10 @@ def save_stage_output(
     stage: str,
     data_report: DropReport,
     files: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> None:
-    """Write the adapter, the merged model, tokenizer, prompt format and metrics; then mark the folder complete.
+    """Write the adapter, the merged model, tokenizer, prompt format, metrics and our model card (``card``: its
+    inputs but the metrics and format, rlhf.outputs.model_card); then mark the folder complete.
 
     Everything is written into a staging folder first and swapped in at the end, ``COMPLETE.json`` last
     (``rlhf.outputs.folders.publish_staged``): a save that fails (disk full) leaves the checkpoints and any previous
@@ -82,6 +85,9 @@ def save_stage_output(
             with (staging / "log_history.jsonl").open("w") as handle:
                 for row in trainer.state.log_history:
                     handle.write(json.dumps(row) + "\n")
+            (staging / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's template card: ours is the folder's
+            if card is not None:
+                write_model_card(staging, **card, metrics=payload, fmt=fmt)
             publish_staged(output_dir, {"stage": stage, "adapter": is_peft})
             logger.info("%s: model saved to %s", stage, output_dir)
     except Exception as err:

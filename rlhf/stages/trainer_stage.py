@@ -24,11 +24,18 @@ from rlhf.errors import EXIT_PREEMPTED, UsageError, run_main
 from rlhf.models.arguments import ModelArguments
 from rlhf.models.loading import load_tokenizer
 from rlhf.outputs.folders import start_output
-from rlhf.outputs.trainer_checkpoints import resolve_resume
+from rlhf.outputs.hub import hub_repo_id, push_folder
+from rlhf.outputs.model_card import changed_flags
+from rlhf.outputs.trainer_checkpoints import checkpoints_dir, remove_checkpoints, resolve_resume
 from rlhf.runtime.backend import Backend, BackendArguments, adopt_mpi_environment, select_backend
 from rlhf.runtime.distributed import check_quantized_launch
 from rlhf.secrets import HubArguments, protect_secrets
-from rlhf.stages.flags import StageArguments, accept_legacy_training_flags, check_training_flags
+from rlhf.stages.flags import (
+    StageArguments,
+    accept_legacy_training_flags,
+    check_device_flag,
+    check_training_flags,
+)
 from rlhf.stages.guard import TrainingGuard
 from rlhf.stages.saving import save_stage_output
 
@@ -95,9 +102,21 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
     run.quantization = model_args.quantization_config(backend.name)
     check_quantized_launch(run.quantization)  # no QLoRA with FSDP/ZeRO-3
     check_training_flags(train_args)
+    check_device_flag(backend_args.device, train_args)
     stage.configure(run)
-    guard = TrainingGuard(stage_args.nonfinite_loss)  # SIGTERM, NaN/inf and failed saves: rlhf.stages.guard
-    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
+    published = train_args.output_dir
+    card = {  # the published folder's README.md (rlhf.outputs.model_card); flags as given, before any is adjusted
+        "stage": stage.name,
+        "base_model": model_args.model_name_or_path,
+        "data": data_args.dataset_name,
+        "flags": changed_flags(script, model_args, stage_args, data_args, train_args),
+        "secrets": [hub.hf_access_token],
+    }
+    # --push_to_hub: the published folder, once, at the end (the Trainer itself would push its checkpoints)
+    push_to = hub_repo_id(train_args.hub_model_id, published) if train_args.push_to_hub else None
+    train_args.push_to_hub = False
+    guard = TrainingGuard(stage_args.nonfinite_loss, published)  # SIGTERM, NaN/inf, failed saves: rlhf.stages.guard
+    resume = resolve_resume(train_args.resume_from_checkpoint, published)
 
     # ------------------------------------------------------------------ data
     split = load_pairs(data_args, hub.token)
@@ -115,7 +134,8 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
     eval_ds = Dataset.from_list(stage.features(run.eval_rows)) if run.eval_rows else None
     if eval_ds is None and train_args.eval_strategy != "no":
         raise UsageError("--eval_strategy needs eval rows: raise --validation_split_percentage")
-    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resume is not None)
+    output_dir = start_output(published, stage_args.overwrite_output_dir, resume is not None)
+    train_args.output_dir = str(checkpoints_dir(published))  # the Trainer's checkpoints (and TRL's card) go there
 
     # ------------------------------------------------------------------ model
     from transformers import set_seed
@@ -144,6 +164,19 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
         measured, files = stage.after_training(run, trainer)
         metrics = {"train": result.metrics, **measured, "nonfinite_steps_skipped": guard.nonfinite_steps}
         save_stage_output(
-            trainer, output_dir, run.tokenizer, fmt, metrics, stage=stage.name, data_report=split.report, files=files
+            trainer,
+            output_dir,
+            run.tokenizer,
+            fmt,
+            metrics,
+            stage=stage.name,
+            data_report=split.report,
+            files=files,
+            card=card,
         )
+    if trainer.is_world_process_zero():
+        if not stage_args.keep_checkpoints:
+            remove_checkpoints(output_dir)  # published: the folder holds the model only
+        if push_to:
+            push_folder(output_dir, push_to, private=train_args.hub_private_repo)
     return 0

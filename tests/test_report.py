@@ -1,0 +1,66 @@
+"""The pipeline report draws PNG plots with matplotlib (in requirements.txt) and, where it is not installed (e.g.
+``pip install .`` without the ``report`` extra), shows the same numbers as tables instead of failing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf.pipeline.report import NO_MATPLOTLIB, TABLE_ROWS, build_report
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture()
+def run(tmp_path) -> Path:
+    """A pipeline folder with 30 SFT log steps, 4 RM steps, 3 PPO steps and held-out margins."""
+    write_jsonl(tmp_path / "sft" / "log_history.jsonl", [{"step": s, "loss": 3.0 - s / 10} for s in range(1, 31)])
+    write_jsonl(
+        tmp_path / "rm" / "log_history.jsonl",
+        [{"step": s, "loss": 0.7 - s / 10, "accuracy": 0.5 + s / 10} for s in range(1, 5)],
+    )
+    ppo = [
+        {
+            "step": s,
+            "objective/scores": 0.25 * s,
+            "objective/kl": 0.5 * s,
+            "objective/token_entropy": 2.0,
+            "tokens/responses_len_mean": 8.0,
+        }
+        for s in range(1, 4)
+    ]
+    write_jsonl(tmp_path / "ppo" / "metrics.jsonl", ppo)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "margins.json").write_text(json.dumps({"rm": [-1.0, 0.5, 1.0, 2.0, 3.0]}))
+    return tmp_path
+
+
+def test_without_matplotlib_the_plots_become_tables(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    report = build_report(run).read_text(encoding="utf-8")
+    assert NO_MATPLOTLIB in report
+    assert not list(run.glob("*.png")) and "![" not in report
+    assert "| step | train loss |" in report
+    sft_rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 3]
+    assert len(sft_rows) == 1 + TABLE_ROWS  # header + 30 steps thinned to TABLE_ROWS, first and last kept
+    assert "| 1 | 2.900 |" in report and "| 30 | 0.000 |" in report
+    assert "| step | train accuracy | train loss |" in report and "| 4 | 0.900 | 0.300 |" in report
+    assert "| 3 | 0.750 | 1.500 | 2.000 | 8.000 |" in report  # the PPO table, last step
+    assert "3 steps; last step: reward 0.750, KL 1.500" in report
+    assert "| -1.000 | 0.500 | 1.000 | 2.000 | 3.000 | 0.800 |" in report  # margins: quantiles and share > 0
+
+
+def test_with_matplotlib_the_report_links_its_plots(run):
+    pytest.importorskip("matplotlib")
+    report = build_report(run).read_text(encoding="utf-8")
+    assert NO_MATPLOTLIB not in report
+    for name in ("sft_loss.png", "rm_training.png", "rm_margins.png", "ppo.png"):
+        assert (run / name).is_file() and f"]({name})" in report
+    assert "| step | train loss |" not in report
