@@ -24,8 +24,8 @@ STAGES = ("sft", "rm", "ppo", "evaluate")
 # bf16 natively. Decided from `make bench` on such hosts (BENCHMARKS.md, "Precision"), not assumed: a stage defaults to
 # bf16 only where its bf16 run was measured faster. Hosts that would emulate bf16 default to fp32 everywhere.
 # cpu (a 2-core Xeon with AVX512-BF16/AMX, one thread per process; bf16 over fp32 speed, interleaved estimates): SFT
-# 1.31x (LoRA 1.06x), reward model 1.30x (LoRA 1.28x), sampling + scoring 1.53x; the PPO update 0.82x (minibatches of
-# 2 rollouts: a faster forward, a slower backward) and the whole PPO step 0.97x, so PPO stays fp32.
+# 1.31x (LoRA 1.06x), reward model 1.30x (LoRA 1.28x), sampling + scoring 1.53x; the PPO update 0.82x and 1.13x in two
+# rounds (minibatches of 2 rollouts: a faster forward, a slower backward), not reliably faster, so PPO stays fp32.
 BF16_FASTER = {
     "hpu": {"sft": True, "rm": True, "ppo": True, "evaluate": True},
     "cuda": {"sft": True, "rm": True, "ppo": True, "evaluate": True},
