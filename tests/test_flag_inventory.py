@@ -69,11 +69,8 @@ TRAINER = {
         "parallelism_config",
     },
     "the reference command line": {"do_train"},  # always true here; false is refused (test below)
-    # Publishing to the hub: wired to the published folder (or refused) by issue 14 item 2, on another branch.
-    "hub (issue 14 item 2)": {
-        "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-        "hub_revision",
-    },
+    # Publishing to the hub: the published folder, once, at the end (rlhf.outputs.hub).
+    "hub": {"push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"},
 }  # fmt: skip
 # Flags of TRL's configs that act on data the trainer receives already tokenized, honoured by TRL as documented.
 TRL = {
@@ -100,7 +97,7 @@ OURS = {
     },
     "secrets (all stages)": {"hf_access_token", "use_auth_token"},
     "devices (all stages)": {"use_habana", "use_lazy_mode", "gaudi_config_name", "device"},
-    "Trainer stages": {"evaluation_strategy", "overwrite_output_dir", "nonfinite_loss"},
+    "Trainer stages": {"evaluation_strategy", "overwrite_output_dir", "nonfinite_loss", "keep_checkpoints"},
     "sft": {"dataset_concatenation"},
     "reward_model": {"eval_batch_size"},
 }  # fmt: skip
@@ -163,7 +160,8 @@ def test_every_trainer_stage_flag_is_honoured_or_refused(script, stage):
 PPO_FLAGS = {
     "the run": {
         "reward_model_name", "output_dir", "save_freq", "save_merged", "resume_from_checkpoint", "seed", "debug",
-        "log_with", "project_name", "log_samples_every",
+        "log_with", "project_name", "log_samples_every", "overwrite_output_dir", "save_total_limit",
+        "push_to_hub", "hub_model_id", "hub_private_repo",
         "batched_gen",  # the reference's flag: generation is always batched; checked as a bool, documented as such
     },
     "optimisation": {
@@ -213,6 +211,9 @@ REFUSED_VALUES = {
     "assistant_only_loss": ["--assistant_only_loss", "True"],
     "truncation_mode": ["--truncation_mode", "keep_end"],
     "do_predict": ["--do_predict"],
+    "hub_strategy": ["--hub_strategy", "checkpoint"],
+    "hub_always_push": ["--hub_always_push"],
+    "hub_revision": ["--hub_revision", "dev"],
 }
 SFT_ONLY = {"dataset_text_field", "dataset_kwargs", "assistant_only_loss", "truncation_mode"}
 

@@ -63,6 +63,10 @@ UNSUPPORTED_TRAINER_FLAGS = {
     "assistant_only_loss": "the loss is already on the answer tokens only (--completion_only_loss, on by default)",
     "truncation_mode": "pairs longer than --max_length are dropped and counted, never truncated",
     "do_predict": "the stage has no prediction step; evaluate.py compares the trained policies",
+    "hub_strategy": "--push_to_hub uploads the published folder once, when it is complete; checkpoints are never "
+    "pushed",
+    "hub_always_push": "--push_to_hub uploads the published folder once, when it is complete, in one commit",
+    "hub_revision": "--push_to_hub uploads to the repository's main branch",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlhf.cli import drop_debug_switch, parse_arguments, setup_logging
@@ -156,6 +157,7 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
             callbacks=[guard],
             **trainer_kwargs,
         )
+        tracker_logs_beside_the_model(trainer, output_dir)
         result = guard.train(trainer, resume)
         if guard.preempted:
             return EXIT_PREEMPTED  # a checkpoint was written; the log says how to resume
@@ -180,3 +182,15 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
         if push_to:
             push_folder(output_dir, push_to, private=train_args.hub_private_repo)
     return 0
+
+
+def tracker_logs_beside_the_model(trainer: Any, output_dir: Path) -> None:
+    """TensorBoard events in ``O/runs/<date>_<host>/``, as before checkpoints moved: the Trainer would write them under
+    its own ``output_dir`` (``O/checkpoints/``), which is removed once the model is published. An explicit
+    ``TENSORBOARD_LOGGING_DIR`` still wins."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import default_logdir
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(output_dir / default_logdir())
