@@ -185,12 +185,16 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
 
 
 def tracker_logs_beside_the_model(trainer: Any, output_dir: Path) -> None:
-    """TensorBoard events in ``O/runs/<date>_<host>/``, as before checkpoints moved: the Trainer would write them under
-    its own ``output_dir`` (``O/checkpoints/``), which is removed once the model is published. An explicit
-    ``TENSORBOARD_LOGGING_DIR`` still wins."""
+    """TensorBoard events in ``O/runs/<date>_<host>/``, as before checkpoints moved: transformers 5 would write them
+    under the Trainer's own ``output_dir`` (``O/checkpoints/``), which is removed once the model is published. An
+    explicit ``TENSORBOARD_LOGGING_DIR`` still wins. (transformers 4.x, the Gaudi stack, takes ``--logging_dir``,
+    which it set under ``O`` when the flags were parsed.)"""
+    import socket
+    from datetime import datetime
+
     from transformers.integrations import TensorBoardCallback
-    from transformers.integrations.integration_utils import default_logdir
 
     for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
-            callback.logging_dir = str(output_dir / default_logdir())
+        if isinstance(callback, TensorBoardCallback) and getattr(callback, "logging_dir", "") is None:
+            run = f"{datetime.now().strftime('%b%d_%H-%M-%S')}_{socket.gethostname()}"  # transformers' own naming
+            callback.logging_dir = str(output_dir / "runs" / run)
