@@ -23,6 +23,26 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def accelerate_unconfigured_per_module():
+    """Each test module starts with accelerate unconfigured and leaves it as it found it. Module-scoped fixtures that
+    run a stage in-process configure accelerate's process-wide singletons (e.g. bf16 mixed precision) for the rest of
+    their module; without this, a later module's in-process run in another precision would find them taken. Fresh
+    dicts, not cleared ones: objects built earlier keep the dict they share."""
+    try:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+    except ImportError:
+        yield
+        return
+    classes = (AcceleratorState, PartialState, GradientState)
+    saved = [cls._shared_state for cls in classes]
+    for cls in classes:
+        cls._shared_state = {}
+    yield
+    for cls, shared in zip(classes, saved, strict=True):
+        cls._shared_state = shared
+
+
 @pytest.fixture(autouse=True)
 def restore_global_state():
     """Every test leaves the process as it found it, so no result depends on the order of the suite.
