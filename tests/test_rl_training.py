@@ -336,14 +336,16 @@ def test_run_identity_names_what_differs(tiny_dir, rm_dir, tmp_path):
 
     checkpoint = tmp_path / "step_2"
     checkpoint.mkdir()
-    check_same_run(checkpoint, identity())  # an older checkpoint without run.json: resumed, with a warning
+    check_same_run(checkpoint, identity(), False)  # an older checkpoint without run.json: resumed, with a warning
     (checkpoint / RUN_FILE).write_text(json.dumps(identity()))
-    check_same_run(checkpoint, identity())
+    check_same_run(checkpoint, identity(), False)
+    with pytest.raises(UsageError, match="written by an unsharded run"):  # said first: it needs another launch
+        check_same_run(checkpoint, identity(processes=2), True)
     with pytest.raises(UsageError, match="processes 1 -> 2, --reward_model_name"):
-        check_same_run(checkpoint, identity(processes=2, reward_model=str(tiny_dir)))
+        check_same_run(checkpoint, identity(processes=2, reward_model=str(tiny_dir)), False)
     write_rows(data, ORCA_ROWS[:-1])
     with pytest.raises(UsageError, match=r"a different run \(the data file's content \(sha256\) changed\)"):
-        check_same_run(checkpoint, identity())
+        check_same_run(checkpoint, identity(), False)
 
 
 def test_rotation_keeps_the_newest_and_the_resumed_one(tmp_path):

@@ -293,9 +293,11 @@ def _difference(name: str, old: Any, new: Any) -> str:
     return f"{label} {old!r} -> {new!r}"
 
 
-def check_same_run(folder: Path, identity: dict[str, Any]) -> None:
+def check_same_run(folder: Path, identity: dict[str, Any], sharded: bool) -> None:
     """Refuse to continue another run's checkpoint, naming what differs (a checkpoint without ``run.json``, from
-    before it was written, is resumed with a warning)."""
+    before it was written, is resumed with a warning). First whether it was sharded as this run is (``sharded``):
+    that one needs another launch, not other flags."""
+    check_sharding(folder, sharded)
     path = folder / RUN_FILE
     if not path.is_file():
         logger.warning("%s has no %s (an older checkpoint): cannot check it belongs to this run", folder, RUN_FILE)
@@ -314,15 +316,20 @@ def check_same_run(folder: Path, identity: dict[str, Any]) -> None:
         )
 
 
+def check_sharding(folder: Path, sharded: bool) -> None:
+    """A checkpoint's optimizer is whole or in shards (FSDP/DeepSpeed): only a run sharded the same way reads it."""
+    if sharded != (folder / SHARDED_STATE).is_dir():
+        written = "a sharded run (FSDP/DeepSpeed)" if not sharded else "an unsharded run (DDP/one process)"
+        raise UsageError(
+            f"--resume_from_checkpoint {folder}: written by {written}; resume it with the same accelerate config"
+        )
+
+
 def load_checkpoint(folder: Path, accelerator: Any, engine: Any, sampler: Any) -> int:
     """Restore weights, optimizer, generators and data position; returns the step to continue from."""
     policy = engine.unwrapped
     sharded_state = folder / SHARDED_STATE
-    if shards_optimizer(accelerator) != sharded_state.is_dir():
-        written = "a sharded run (FSDP/DeepSpeed)" if sharded_state.is_dir() else "an unsharded run (DDP/one process)"
-        raise UsageError(
-            f"--resume_from_checkpoint {folder}: written by {written}; resume it with the same accelerate config"
-        )
+    check_sharding(folder, shards_optimizer(accelerator))
     if sharded_state.is_dir():
         accelerator.load_state(str(sharded_state))  # weights and optimizer, each process its shard
     else:

@@ -60,6 +60,7 @@ from rlhf.runtime.distributed import (
     frozen_model_loading,
     frozen_weights_dtype,
     ppo_optimizer,
+    shards_optimizer,
 )
 from rlhf.runtime.stack import build_accelerator, device_runtime
 from rlhf.secrets import public_dict
@@ -152,7 +153,7 @@ def setup(
         accelerator.mixed_precision,
     )
     if resume is not None:
-        check_same_run(resume, identity)  # before any model is loaded
+        check_same_run(resume, identity, shards_optimizer(accelerator))  # before any model is loaded
 
     # ------------------------------------------------------------------ prompts in the policy's format
     split = load_pairs(data_args, hub.token)
