@@ -382,11 +382,12 @@ def test_sigterm_checkpoints_the_running_stage_and_the_next_run_resumes_it(tmp_p
     sft += ["--save_steps", "2", "--save_total_limit", "2"]
     config = _config(tmp_path, tiny_dir, _write_pairs(tmp_path), sft=sft)
     folder = tmp_path / "out" / "sft"
+    checkpoints = folder / "checkpoints"  # the Trainer's, apart from the published model
     with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
         argv = [sys.executable, "-m", "rlhf.pipeline", "--config", config, "--stages", "sft"]
         pipeline = subprocess.Popen(argv, cwd=ROOT, stdout=stdout, stderr=stderr)
         deadline = time.time() + 600
-        while not (folder / "checkpoint-2" / "trainer_state.json").is_file():  # training is under way
+        while not (checkpoints / "checkpoint-2" / "trainer_state.json").is_file():  # training is under way
             assert pipeline.poll() is None and time.time() < deadline, (tmp_path / "stderr").read_text()[-3000:]
             time.sleep(0.02)
         pipeline.send_signal(signal.SIGTERM)  # to the pipeline only, as a scheduler would
@@ -395,10 +396,10 @@ def test_sigterm_checkpoints_the_running_stage_and_the_next_run_resumes_it(tmp_p
     assert "PIPELINE INTERRUPTED at stage 'sft' (exit code 143)" in stderr_text, stderr_text[-3000:]
     assert "SIGTERM: step" in (tmp_path / "out" / "logs" / "sft.log").read_text()  # the stage got it and saved
     assert not (folder / "COMPLETE.json").exists()
-    stopped_at = max(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+    stopped_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert 2 <= stopped_at < 12
     result = _pipeline("--config", config, "--stages", "sft")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from {folder / f'checkpoint-{stopped_at}'}" in result.stdout
+    assert f"resuming from {checkpoints / f'checkpoint-{stopped_at}'}" in result.stdout
     assert (folder / "COMPLETE.json").is_file()
     assert json.loads(_rows(folder / "log_history.jsonl")[-1])["step"] == 12
