@@ -803,6 +803,19 @@ def test_a_nan_loss_is_skipped_and_never_reaches_the_weights(engine_factory, tok
     assert calls["n"] > 1
 
 
+def test_a_ratio_spike_minibatch_is_not_learned_from_and_is_counted(engine_factory, tokenizer, fmt):
+    """--ratio_threshold below every minibatch's mean ratio (1 at the first): each minibatch's loss becomes 0 on the
+    device, so no weight moves (value head included) and every minibatch is counted as skipped."""
+    engine = engine_factory(lr=3e-3, ratio_threshold=0.5)
+    before = _trainable(engine)
+    stats, _ = engine.step(prompts(tokenizer, fmt))
+    minibatches = 8 // 2 * 2  # batch / minibatch x epochs
+    assert stats["ppo/skipped_minibatches_ratio"] == minibatches
+    assert stats["ppo/skipped_minibatches_nonfinite"] == 0.0 and stats["loss/total"] == 0.0
+    after = _trainable(engine)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
 @pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
 def test_a_nan_gradient_never_reaches_the_weights_and_clipping_s_norm_is_the_check(
     engine_factory, tokenizer, fmt, monkeypatch, max_grad_norm

@@ -128,8 +128,9 @@ class PPOConfig:
         default=False,
         metadata={
             "help": "Stop on a NaN/inf PPO loss instead of skipping that minibatch (default: skip it and count it "
-            "in ppo/skipped_minibatches_nonfinite). A non-finite reward-model score always stops the run before "
-            "any update; an optimizer step with non-finite gradients is never applied."
+            "in ppo/skipped_minibatches_nonfinite; if NaN still reaches the gradients, the optimizer step it "
+            "belongs to is skipped too, counted in ppo/nonfinite_updates_skipped). A non-finite reward-model score "
+            "always stops the run before any update; an optimizer step with non-finite gradients is never applied."
         },
     )
 

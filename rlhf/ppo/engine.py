@@ -306,7 +306,8 @@ class PPOEngine:
                     stats.early_stopped = True
                     break
         local = {**rollout_stats(ro, kl_coef), **stats.summary()}
-        local["policy/first_minibatch_max_abs_logratio"] = self.first_minibatch_max_abs_logratio or 0.0
+        first = self.first_minibatch_max_abs_logratio  # a tensor until the step is over: no sync in the loop
+        local["policy/first_minibatch_max_abs_logratio"] = 0.0 if first is None else float(first)
         local["ppo/nonfinite_updates_skipped"] = float(self.nonfinite_updates_skipped)
         local.update({f"time/ppo/{k}": v for k, v in self.timers.items()})
         local["time/ppo/total"] = time.perf_counter() - self._step_start
@@ -339,20 +340,23 @@ class PPOEngine:
         logprobs, entropy = response_logprobs(logits.float(), ro.input_ids[idx], ro.prompt_width, cfg.temperature)
         values = values[:, ro.prompt_width - 1 : -1]
         if self.first_minibatch_max_abs_logratio is None:  # ratio 1 here (the test of one precision context)
-            self.first_minibatch_max_abs_logratio = (logprobs - ro.logprobs[idx]).detach().abs()[mask].max().item()
+            self.first_minibatch_max_abs_logratio = torch.where(
+                mask, (logprobs - ro.logprobs[idx]).detach().abs(), 0.0
+            ).max()
         pg_loss, pg = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
         vf_loss, vf = clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value)
         loss = pg_loss + cfg.vf_coef * vf_loss
-        if not torch.isfinite(loss):
-            if cfg.stop_on_nonfinite:
-                raise FloatingPointError("non-finite PPO loss (--stop_on_nonfinite)")
-            stats.skipped_nonfinite += 1
-            # A zero loss through the parameters themselves: 0 * NaN would still be NaN in the gradients, and DDP
-            # needs every rank to run the same backward.
-            loss = sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
-        elif pg["ratio_mean"] > cfg.ratio_threshold:  # a loss spike: this minibatch is not learned from
-            stats.skipped_ratio += 1
-            loss = loss * 0.0
+        finite = torch.isfinite(loss)
+        if cfg.stop_on_nonfinite and not bool(finite):  # the only host sync here, and only when asked to stop
+            raise FloatingPointError("non-finite PPO loss (--stop_on_nonfinite)")
+        spike = pg["ratio_mean"] > cfg.ratio_threshold  # a loss spike: this minibatch is not learned from
+        # Both checks stay on the device (no host sync per minibatch): the loss becomes 0 where either fires, and
+        # every rank runs the same backward (DDP). A spike's graph is finite, so its gradients are exactly 0; a
+        # non-finite loss can still send NaN back through its graph, and then the clipping norm of the optimizer
+        # step is non-finite and _clip_and_step skips that step.
+        loss = torch.where(finite & ~spike, loss, torch.zeros_like(loss))
+        stats.skipped_nonfinite = stats.skipped_nonfinite + (~finite).float()
+        stats.skipped_ratio = stats.skipped_ratio + (spike & finite).float()
         self.accelerator.backward(loss)  # divided by --gradient_accumulation_steps by accelerate
         self.runtime.mark_step()
         stats.add(
@@ -433,7 +437,8 @@ class StepStats:
     def __init__(self) -> None:
         self.values: dict[str, list[Tensor]] = defaultdict(list)
         self.early_stopped = False
-        self.skipped_ratio = self.skipped_nonfinite = 0
+        self.skipped_ratio: Tensor | float = 0.0  # tensors once a minibatch has added to them
+        self.skipped_nonfinite: Tensor | float = 0.0
 
     def add(self, row: dict[str, Tensor]) -> None:
         for key, value in row.items():
