@@ -142,10 +142,11 @@ def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
     assert reward_hacking_warnings({"rm": (2.0, 1.0)}, gold_sft=0.6, gold_ppo=0.4, rows=50) == []
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
-    """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast: every number is defined
-    and self-consistent (sampling, log-probs and scores share one precision context)."""
+@pytest.mark.parametrize(("bf16", "greedy"), [(False, False), (True, False), (False, True)])
+def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
+    """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast, sampled or greedy: every
+    number is defined and self-consistent (sampling, log-probs and scores share one precision context), and the
+    report says how the responses were decoded."""
     from transformers import AutoModelForSequenceClassification
 
     from tiny import ORCA_ROWS, write_rows
@@ -183,11 +184,14 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16):
         "3",  # two generation batches, merged
         "--bf16",
         str(bf16),
+        "--greedy",
+        str(greedy),
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert ("greedy decoding" in result.stderr) is greedy
     assert f"precision: {'bf16' if bf16 else 'no'} mixed precision" in result.stderr
     report = json.loads((out / "evaluation.json").read_text())
-    assert report["prompts"] == 4
+    assert report["prompts"] == 4 and report["greedy"] is greedy
     # Same weights and the same sampling seed: identical responses, so every comparison is a tie and KL is 0.
     assert report["win_rate_rm"]["ties"] == 4 and report["win_rate_rm"]["win_rate"] == 0.5
     assert report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)

@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if name:
             check_reward_folder(name, flag)
     temperature = args.temperature or (load_ppo_config(args.ppo_model) or {}).get("temperature", 1.0)
-    logger.info("sampling temperature %s", temperature)
+    if args.greedy:  # the temperature still scales the log-probs of the KL estimate
+        logger.info("greedy decoding (log-probs at temperature %s)", temperature)
+    else:
+        logger.info("sampling temperature %s", temperature)
     source = load_rows(data_args, hub.token)
     split = validate_and_split(source, data_args)
     split.report.log()
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ score under each reward model
     systems, questions = [p["system"] for p in prompts], [p["question"] for p in prompts]
-    result: dict = {"prompts": len(prompts), "temperature": temperature}
+    result: dict = {"prompts": len(prompts), "temperature": temperature, "greedy": args.greedy}
     result["kl_ppo_sft"] = {"mean": kl.mean().item(), "max": kl.max().item()}
     margins: dict[str, list[float]] = {}
     scores: dict[str, dict[str, torch.Tensor]] = {}
