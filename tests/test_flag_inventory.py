@@ -173,7 +173,7 @@ PPO_FLAGS = {
         "cliprange_value", "vf_coef", "ratio_threshold", "early_stopping", "target_kl", "whiten_rewards",
         "stop_on_nonfinite",
     },
-    "rewards": {"reward_baseline", "normalize_rewards", "reward_clip", "missing_eos_penalty"},
+    "rewards": {"reward_baseline", "normalize_rewards", "reward_clip", "missing_eos_penalty", "samples_per_prompt"},
     "sampling": {
         "temperature", "output_max_length", "response_length", "ignore_eos", "max_prompt_length",
         "forward_batch_size", "static_shapes", "fold_lora_for_sampling",

@@ -596,6 +596,40 @@ def test_early_stopping_ends_the_epochs_after_one_optimizer_step(
 # ---------------------------------------------------------------------------------------------------- validation
 
 
+def test_samples_per_prompt_scores_each_response_against_the_others_of_its_prompt(engine_factory, tokenizer, fmt):
+    """--samples_per_prompt 2: the batch holds each prompt twice in a row (PPORun.next_batch); each response's score is
+    its raw score minus the other response's, so a pair's scores sum to 0 and the advantages rank within a prompt."""
+    engine = engine_factory(samples_per_prompt=2)
+    batch = prompts(tokenizer, fmt)[:4]
+    batch = [row for row in batch for _ in range(2)]
+    _, ro = engine.step(batch)
+    raw, scores = ro.raw_scores, ro.scores
+    torch.testing.assert_close(scores[0::2], raw[0::2] - raw[1::2])
+    torch.testing.assert_close(scores[1::2], raw[1::2] - raw[0::2])
+    # The two responses to one prompt were sampled independently, not copied.
+    assert any(not torch.equal(ro.input_ids[i], ro.input_ids[i + 1]) for i in range(0, 8, 2))
+
+
+def test_a_step_s_batch_repeats_each_prompt_samples_per_prompt_times_in_a_row():
+    from types import SimpleNamespace
+
+    from rlhf.data.prompts import PromptSampler
+    from rlhf.ppo.trainer import PPORun
+
+    prompts_ = [{"question": f"q{i}"} for i in range(10)]
+    sampler = PromptSampler(10, per_rank=2, world_size=1, rank=0, seed=0)
+    run = PPORun(
+        *[None] * 2,
+        SimpleNamespace(config=PPOConfig(batch_size=6, samples_per_prompt=3)),
+        sampler,
+        prompts_,
+        *[None] * 6,
+    )
+    batch = run.next_batch()
+    assert len(batch) == 6 and batch[0] is batch[1] is batch[2] and batch[3] is batch[4] is batch[5]
+    assert batch[0] is not batch[3]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -611,6 +645,11 @@ def test_early_stopping_ends_the_epochs_after_one_optimizer_step(
         ({"lam": 1.5}, "--lam"),
         ({"gamma": -0.1}, "--gamma"),
         ({"missing_eos_penalty": -1.0}, "--missing_eos_penalty -1.0: expected a positive number"),
+        (
+            {"batch_size": 8, "samples_per_prompt": 3},
+            "--samples_per_prompt 3: expected a positive divisor of --batch_size 8",
+        ),
+        ({"samples_per_prompt": 0}, "--samples_per_prompt 0"),
     ],
 )
 def test_config_validate_errors(overrides, message):

@@ -23,6 +23,7 @@ from rlhf.ppo.math import (
     gae_advantages,
     kl_penalized_rewards,
     kl_per_token,
+    leave_one_out_baseline,
     logprobs_from_logits,
     masked_mean,
     masked_var,
@@ -703,3 +704,16 @@ def test_sample_response_length_bounds_and_coverage() -> None:
 def test_sample_response_length_error(high: int) -> None:
     with pytest.raises(ValueError, match="output_max_length"):
         sample_response_length(gen(0), 32, high)
+
+
+def test_leave_one_out_baseline_subtracts_the_mean_of_the_other_responses_to_the_prompt():
+    scores = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 6.0])
+    torch.testing.assert_close(leave_one_out_baseline(scores, 2), torch.tensor([-2.0, 2.0, 0.0, 0.0, -6.0, 6.0]))
+    # Groups of 3: 1 - (3 + 2) / 2 = -1.5, 3 - 1.5 = 1.5, 2 - 2 = 0; each group sums to 0.
+    out = leave_one_out_baseline(scores, 3)
+    torch.testing.assert_close(out, torch.tensor([-1.5, 1.5, 0.0, -1.0, -4.0, 5.0]))
+    torch.testing.assert_close(out.reshape(2, 3).sum(1), torch.zeros(2))
+    same = leave_one_out_baseline(scores, 1)
+    assert torch.equal(same, scores) and same is not scores
+    with pytest.raises(ValueError, match="6 scores do not split into groups of 4"):
+        leave_one_out_baseline(scores, 4)

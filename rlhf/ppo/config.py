@@ -16,7 +16,10 @@ class PPOConfig:
     """PPO hyper-parameters. Names and defaults follow the reference example where it had them."""
 
     learning_rate: float = field(default=1.41e-5, metadata={"help": "Adam learning rate."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per PPO step on each process (rollout size)."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Responses per PPO step on each process (rollout size): prompts x --samples_per_prompt."},
+    )
     mini_batch_size: int = field(default=1, metadata={"help": "Sequences per forward/backward in the update."})
     gradient_accumulation_steps: int = field(
         default=4, metadata={"help": "Minibatches whose gradients are summed before one optimizer step."}
@@ -35,7 +38,7 @@ class PPOConfig:
     steps: int = field(
         default=20000,
         metadata={
-            "help": "Total episodes (prompts) to train on across all processes; PPO steps = "
+            "help": "Total episodes (sampled responses) to train on across all processes; PPO steps = "
             "ceil(steps / (batch_size * processes)), as in the reference."
         },
     )
@@ -67,6 +70,15 @@ class PPOConfig:
     target_kl: float = field(default=0.1, metadata={"help": "KL threshold of --early_stopping."})
     adafactor: bool = field(default=False, metadata={"help": "Use Adafactor instead of Adam."})
     reward_baseline: float = field(default=0.0, metadata={"help": "Subtracted from every reward-model score."})
+    samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Responses sampled per prompt in a step (--batch_size counts responses, so a step has "
+            "batch_size / samples_per_prompt prompts). Above 1, each response's score has the mean score of the "
+            "other responses to its prompt subtracted (a leave-one-out baseline, as RLOO): how good a response is "
+            "for its prompt, not how easy the prompt is. 1 (default): plain PPO."
+        },
+    )
     normalize_rewards: bool = field(
         default=False,
         metadata={"help": "Normalise scores with the mean/std the reward-model stage saved (reward_stats.json)."},
@@ -152,6 +164,11 @@ class PPOConfig:
             raise ValueError(
                 f"--batch_size {self.batch_size} must be a multiple of --mini_batch_size x "
                 f"--gradient_accumulation_steps = {self.mini_batch_size} x {self.gradient_accumulation_steps}"
+            )
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ValueError(
+                f"--samples_per_prompt {self.samples_per_prompt}: expected a positive divisor of --batch_size "
+                f"{self.batch_size} (the responses of a step)"
             )
         if self.response_length is not None:
             if self.response_length < 1:

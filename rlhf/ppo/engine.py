@@ -34,6 +34,7 @@ from rlhf.ppo.math import (
     clipped_value_loss,
     gae_advantages,
     kl_penalized_rewards,
+    leave_one_out_baseline,
     masked_mean,
     masked_whiten,
     missing_eos_penalty,
@@ -163,6 +164,8 @@ class PPOEngine:
             mean, std = self.reward_stats["mean"], self.reward_stats["std"]
         scores = normalize_scores(raw_scores, mean, std, cfg.reward_clip, cfg.reward_baseline)
         scores = missing_eos_penalty(scores, samples.has_eos.to(scores.device), cfg.missing_eos_penalty)
+        # --samples_per_prompt > 1: the batch holds each prompt's responses next to each other (PPORun.next_batch).
+        scores = leave_one_out_baseline(scores, cfg.samples_per_prompt)
         mask = samples.response_mask
         rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value, cfg.kl_estimator)
         if cfg.whiten_rewards:

@@ -428,6 +428,22 @@ def missing_eos_penalty(scores: Tensor, has_eos: Tensor, penalty: float | None) 
     return torch.where(has_eos.to(torch.bool), scores, scores - penalty)
 
 
+def leave_one_out_baseline(scores: Tensor, group_size: int) -> Tensor:
+    """Each score minus the mean of the other scores of its group (consecutive runs of ``group_size``: the responses
+    to one prompt). Shapes: ``(B,)`` in and out, ``B`` a multiple of ``group_size``; each group's results sum to 0.
+    ``group_size`` 1 returns an unchanged copy.
+
+    Source: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+    Feedback in LLMs" (RLOO's baseline)."""
+    if group_size == 1:
+        return scores.clone()
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
+    groups = scores.reshape(-1, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(scores.shape)
+
+
 def normalize_scores(
     scores: Tensor,
     mean: float | None,

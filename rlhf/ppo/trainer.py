@@ -94,7 +94,9 @@ class PPORun:
         return self.engine.collectives
 
     def next_batch(self) -> list[dict[str, Any]]:
-        return [self.prompts[i] for i in self.sampler.next_batch()]
+        """This process's prompts for the step, each repeated --samples_per_prompt times in a row (one group)."""
+        k = self.engine.config.samples_per_prompt
+        return [self.prompts[i] for i in self.sampler.next_batch() for _ in range(k)]
 
     def checkpoint_due(self) -> bool:
         freq = self.script.save_freq
@@ -215,7 +217,11 @@ def setup(
         runtime=device_runtime(backend),  # Gaudi: mark_step in lazy mode, HPU graphs for no-grad forwards
     )
     sampler = PromptSampler(
-        len(prompts), cfg.batch_size, accelerator.num_processes, accelerator.process_index, script.seed
+        len(prompts),
+        cfg.batch_size // cfg.samples_per_prompt,
+        accelerator.num_processes,
+        accelerator.process_index,
+        script.seed,
     )
     torch.manual_seed(script.seed + accelerator.process_index)  # each process samples different responses
     run = PPORun(
