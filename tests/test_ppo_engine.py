@@ -260,6 +260,51 @@ def test_logprobs_and_values_do_not_depend_on_left_padding(tiny_dir, arch):
 # ---------------------------------------------------------------------------------------------------- EOS
 
 
+def test_a_minibatch_drops_the_padding_its_rows_share_and_learns_exactly_the_same(engine_factory, tokenizer, fmt):
+    """The update trains each minibatch on its own columns: not the left padding all its rows share, nor the
+    response positions after all its rows ended. Padding is masked everywhere, so the losses and every gradient are
+    those of the full-width minibatch (float32; 1e-5 relative to the largest gradient entry)."""
+    from rlhf.ppo.engine import StepStats
+
+    engine = engine_factory(peft=False, lr=1e-3, mixed_precision="no")
+    ro = engine.rollout(prompts(tokenizer, fmt))
+    width = ro.input_ids.shape[1]
+    left = (ro.attention_mask.cumsum(1) == 0).sum(1)
+    rows = torch.tensor([0, 2])  # two left-padded prompts of different lengths (the four prompts cycle)
+    assert int(left[0]) != int(left[2])
+    ro.samples.response_mask[rows, 3:] = False  # their responses ended early (as after an EOS): a right margin
+    start, stop = engine._minibatch_columns(ro, engine._row_spans(ro), rows)
+    assert start == int(left[rows].min()) > 0 and stop == ro.prompt_width + 3 < width
+
+    def trained(columns):
+        engine.optimizer.zero_grad(set_to_none=True)
+        stats = StepStats()
+        engine._train_minibatch(ro, rows, stats, columns)
+        grads = [p.grad.clone() for p in engine.policy.parameters() if p.grad is not None]
+        return stats.summary(), grads
+
+    full_stats, full_grads = trained((0, width))
+    cut_stats, cut_grads = trained((start, stop))
+    scale = max(g.abs().max().item() for g in full_grads)
+    assert scale > 0
+    for full, cut in zip(full_grads, cut_grads, strict=True):
+        torch.testing.assert_close(cut, full, rtol=0, atol=1e-5 * scale)
+    for key in ("loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "val/vpred"):
+        assert cut_stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key
+
+
+def test_a_device_that_compiles_per_shape_keeps_the_rollout_width(engine_factory, tokenizer, fmt):
+    """Gaudi's lazy mode compiles a graph per shape: there every minibatch keeps the rollout's one width."""
+    from rlhf.runtime.gaudi import GaudiRuntime
+
+    engine = engine_factory(peft=False, lr=1e-3)
+    ro = engine.rollout(prompts(tokenizer, fmt))
+    rows = torch.tensor([0, 2])  # the two longest-padded prompts of the four (prompts cycle)
+    assert engine._minibatch_columns(ro, engine._row_spans(ro), rows) != (0, ro.input_ids.shape[1])
+    engine.runtime = GaudiRuntime(None, None)
+    assert engine._minibatch_columns(ro, engine._row_spans(ro), rows) == (0, ro.input_ids.shape[1])
+
+
 def eos_bias_hook(engine: PPOEngine, bias: float):
     """Make the policy emit EOS often: add ``bias`` to the EOS logit of every forward (generation included)."""
     head = engine.unwrapped.lm.get_base_model().lm_head

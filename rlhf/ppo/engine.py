@@ -300,10 +300,13 @@ class PPOEngine:
         self.first_minibatch_max_abs_logratio = None
         self.policy.eval()
         with self._timed("update"):
+            spans = self._row_spans(ro)
             for group in self._optimizer_steps(ro.input_ids.shape[0]):
-                for idx in group:
+                for rows in group:
+                    columns = self._minibatch_columns(ro, spans, rows)
+                    idx = rows.to(self.accelerator.device)
                     with self.accelerator.accumulate(self.policy):  # gradients all-reduced on the last one only
-                        self._train_minibatch(ro, idx, stats)
+                        self._train_minibatch(ro, idx, stats, columns)
                 self._clip_and_step()
                 if cfg.early_stopping and self._kl_beyond_target(stats.recent("policy/approxkl_avg", len(group))):
                     stats.early_stopped = True
@@ -324,30 +327,56 @@ class PPOEngine:
         return out
 
     def _optimizer_steps(self, n: int) -> Iterator[list[Tensor]]:
-        """Minibatch indices, grouped by optimizer step, for every epoch: a fresh shuffle per epoch."""
+        """Minibatch row indices (on the host), grouped by optimizer step, for every epoch: a fresh shuffle per
+        epoch."""
         cfg = self.config
         per_step = cfg.mini_batch_size * cfg.gradient_accumulation_steps
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=self.shuffle_generator).to(self.accelerator.device)
+            order = torch.randperm(n, generator=self.shuffle_generator)
             for start in range(0, n, per_step):
                 ids = order[start : start + per_step]
                 yield [ids[i : i + cfg.mini_batch_size] for i in range(0, per_step, cfg.mini_batch_size)]
 
-    def _train_minibatch(self, ro: Rollout, idx: Tensor, stats: StepStats) -> None:
-        """Forward, clipped losses and backward for one minibatch (rows ``idx`` of the rollout)."""
+    def _row_spans(self, ro: Rollout) -> Tensor | None:
+        """Each row's left padding and response length, on the host (one transfer per update), or None where every
+        minibatch keeps the rollout's full width (a device that compiles per shape)."""
+        if not self.runtime.trims_padding:
+            return None
+        left = (ro.attention_mask.cumsum(1) == 0).sum(1)
+        return torch.stack([left, ro.response_mask.sum(1)], 1).cpu()
+
+    def _minibatch_columns(self, ro: Rollout, spans: Tensor | None, rows: Tensor) -> tuple[int, int]:
+        """The columns ``[start, stop)`` of the rollout a minibatch needs: not the left padding all its rows share,
+        nor the response positions after all its rows ended. Padding is masked out of attention and of every loss,
+        so dropping it changes no result, only the work."""
+        width = ro.input_ids.shape[1]
+        if spans is None:
+            return 0, width
+        left, lengths = spans[rows].unbind(1)
+        start = min(int(left.min()), ro.prompt_width - 1)  # the last prompt position predicts the first token
+        return start, ro.prompt_width + max(int(lengths.max()), 1)
+
+    def _train_minibatch(self, ro: Rollout, idx: Tensor, stats: StepStats, columns: tuple[int, int]) -> None:
+        """Forward, clipped losses and backward for one minibatch (rows ``idx`` of the rollout, the sequence columns
+        ``columns`` of ``_minibatch_columns``)."""
         cfg = self.config
-        mask = ro.response_mask[idx]
-        keep = ro.input_ids.shape[1] - ro.prompt_width + 1  # the LM head on response positions only
+        start, stop = columns
+        prompt_width, steps = ro.prompt_width - start, stop - ro.prompt_width  # in the minibatch's columns
+        input_ids = ro.input_ids[idx, start:stop]
+        mask = ro.response_mask[idx, :steps]
+        old_logprobs, old_values = ro.logprobs[idx, :steps], ro.values[idx, :steps]
+        advantages, returns = ro.advantages[idx, :steps], ro.returns[idx, :steps]
         with self.accelerator.autocast():  # the rollout's precision context (prepare() adds it too)
-            logits, values = self.policy(ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], keep)
-        logprobs, entropy = response_logprobs(logits.float(), ro.input_ids[idx], ro.prompt_width, cfg.temperature)
-        values = values[:, ro.prompt_width - 1 : -1]
+            logits, values = self.policy(
+                input_ids, ro.attention_mask[idx, start:stop], ro.position_ids[idx, start:stop], steps + 1
+            )  # the LM head on response positions only
+        logprobs, entropy = response_logprobs(logits.float(), input_ids, prompt_width, cfg.temperature)
+        values = values[:, prompt_width - 1 : -1]
         if self.first_minibatch_max_abs_logratio is None:  # ratio 1 here (the test of one precision context)
-            self.first_minibatch_max_abs_logratio = torch.where(
-                mask, (logprobs - ro.logprobs[idx]).detach().abs(), 0.0
-            ).max()
-        pg_loss, pg = clipped_policy_loss(logprobs, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
-        vf_loss, vf = clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value)
+            gap = (logprobs - old_logprobs).detach().abs()
+            self.first_minibatch_max_abs_logratio = torch.where(mask, gap, 0.0).max()
+        pg_loss, pg = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cfg.cliprange)
+        vf_loss, vf = clipped_value_loss(values, old_values, returns, mask, cfg.cliprange_value)
         loss = pg_loss + cfg.vf_coef * vf_loss
         finite = torch.isfinite(loss)
         if cfg.stop_on_nonfinite and not bool(finite):  # the only host sync here, and only when asked to stop
@@ -375,7 +404,7 @@ class PPOEngine:
                 "val/ratio_max": pg["ratio_max"],
                 "val/clipfrac_avg": vf["vf_clipfrac"],
                 "val/vpred": masked_mean(values.detach(), mask),
-                "val/error": masked_mean((values.detach() - ro.returns[idx]) ** 2, mask),
+                "val/error": masked_mean((values.detach() - returns) ** 2, mask),
             }
         )
 

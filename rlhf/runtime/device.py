@@ -13,6 +13,9 @@ class DeviceRuntime:
     """What the PPO engine asks the device for. This base does nothing: CPU and CUDA need no hooks."""
 
     generate_kwargs: dict[str, Any] = {}  # extra keyword arguments of ``generate`` (never mutated)
+    # PPO minibatches drop the padding columns all their rows share: fewer positions, a shape per minibatch. A
+    # device that compiles a graph per shape (Gaudi's lazy mode) keeps the rollout's one width instead.
+    trims_padding = True
 
     def mark_step(self) -> None:
         """End of a lazy-mode graph (after backward, after the optimizer step, after a rollout forward)."""

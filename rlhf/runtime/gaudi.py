@@ -374,6 +374,8 @@ class GaudiRuntime(DeviceRuntime):
     recorders instead.
     """
 
+    trims_padding = False  # one minibatch shape per rollout: lazy mode compiles a graph per shape
+
     def __init__(
         self,
         mark_step_fn: Callable[[], None] | None,
