@@ -64,11 +64,13 @@ demo: setup $(DEMO_MODEL)/.complete
 	HF_HUB_OFFLINE=1 $(PY) -m rlhf.pipeline --config configs/demo.json
 	@echo "demo outputs: out/demo (sft, rm, ppo/final, logs)"
 
-# Benchmarks -> BENCHMARKS.md + bench/plots/ (about 25 minutes on 2 CPU cores; not part of CI). The TRL 1.12 peer
-# gets its own .venv-trl112, created on first use. One thread per process: ratios stay fair on a shared machine.
+# Benchmarks -> BENCHMARKS.md + bench/plots/ (not part of CI). The TRL 1.12 peer gets its own .venv-trl112, created
+# on first use. One thread per process: ratios stay fair on a shared machine. BENCH_SCALE=small: the tiny model
+# only (no SmolLM2-135M-sized runs). Durations on 2 CPU cores: see BENCHMARKS.md.
 BENCH_THREADS ?= 1
+BENCH_SCALE ?= full
 bench: setup
-	OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
+	BENCH_SCALE=$(BENCH_SCALE) OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
 
 # PPO + evaluation for seeds 0, 1, 2 from the demo's SFT policy and reward models (trained first if out/demo lacks
 # them) -> the "Learning across seeds" section of BENCHMARKS.md. About 25 minutes after `make demo` on 2 CPU cores.

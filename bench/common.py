@@ -236,6 +236,13 @@ def tiny_ppo_models(root: Path) -> tuple[Path, Path]:
     return policy, reward
 
 
+def smollm2_ppo_models(root: Path) -> tuple[Path, Path]:
+    """Policy and reward model at SmolLM2-135M's dimensions (random weights, this benchmark's tokenizer)."""
+    policy = build_model(root / "smollm2-policy", SMOLLM2_135M, "causal", seed=0)
+    reward = build_model(root / "smollm2-reward", SMOLLM2_135M, "reward", seed=1, tokenizer_from=policy)
+    return policy, reward
+
+
 def save_json(name: str, payload: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"

@@ -81,33 +81,55 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [torch.randint(2, 4096, (args.prompt_tokens,), generator=g).tolist() for _ in range(args.batch)]
     tokenizer = _Tokenizer()
 
-    def run(lm, context=None) -> float:
+    def seconds(lm, context, new_tokens: int) -> float:
         start = time.perf_counter()
-        sample(lm, tokenizer, prompts, args.new_tokens, 1.0, ignore_eos=True, context=context)
-        return args.batch * args.new_tokens / (time.perf_counter() - start)
+        sample(lm, tokenizer, prompts, new_tokens, 1.0, ignore_eos=True, context=context)
+        return time.perf_counter() - start
 
-    ways = {"lora": lambda: run(model), "folded": lambda: run(model, adapter_folded(model, layers))}
+    def run(lm, context_fn=None) -> dict[str, float]:
+        """Tokens/s of the whole call, and by phase: the prefill (a call that samples one token) and the decode
+        (the other new tokens: the whole call's time less the prefill's)."""
+        prefill = seconds(lm, context_fn() if context_fn else None, 1)
+        total = seconds(lm, context_fn() if context_fn else None, args.new_tokens)
+        return {
+            "total": args.batch * args.new_tokens / total,
+            "prefill": args.batch * args.prompt_tokens / prefill,
+            "decode": args.batch * (args.new_tokens - 1) / max(total - prefill, 1e-9),
+        }
+
+    ways = {"lora": lambda: run(model), "folded": lambda: run(model, lambda: adapter_folded(model, layers))}
     ways["merged"] = lambda: run(merged)
     run(merged)  # warm-up: first-call allocations and kernels
-    speeds: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, way in ways.items():
-            speeds[name].append(way())
+    speeds: dict[str, list[dict[str, float]]] = {name: [] for name in ways}
+    for i in range(args.rounds):
+        for name in list(ways) if i % 2 == 0 else list(ways)[::-1]:  # alternate the order each round
+            speeds[name].append(ways[name]())
     ratios = {
-        name: ratio_summary([a / b for a, b in zip(speeds[name], speeds["merged"], strict=True)])
+        name: ratio_summary([a["total"] / b["total"] for a, b in zip(speeds[name], speeds["merged"], strict=True)])
         for name in ("lora", "folded")
     }
+
+    def summary(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
     result = {
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "settings": vars(args),
-        "tokens_per_s": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in speeds.items()},
+        "tokens_per_s": {k: summary([r["total"] for r in v]) for k, v in speeds.items()},
+        "phases": {
+            k: {phase: summary([r[phase] for r in v]) for phase in ("prefill", "decode")} for k, v in speeds.items()
+        },
         "ratio_to_merged": ratios,
     }
     save_json("generation", result)
     for name, s in result["tokens_per_s"].items():
-        print(f"{name:>7}: {s['median']:8.1f} tokens/s (min {s['min']:.1f}, max {s['max']:.1f})")
+        ph = result["phases"][name]
+        print(
+            f"{name:>7}: {s['median']:8.1f} tokens/s (min {s['min']:.1f}, max {s['max']:.1f}); prefill "
+            f"{ph['prefill']['median']:.0f} prompt tokens/s, decode {ph['decode']['median']:.1f} tokens/s"
+        )
     for name, r in ratios.items():
         print(f"{name:>7} / merged: {r['median']:.3f}x ({r['min']:.3f}-{r['max']:.3f}, n={r['n']})")
     load = os.getloadavg()[0]

@@ -1,6 +1,12 @@
-"""PPO against TRL 1.12's PPOTrainer: same tiny Llama, prompts, batch, fixed response length, epochs, minibatches.
+"""PPO against TRL 1.12's PPOTrainer: same Llama, prompts, batch, fixed response length, epochs, minibatches.
 
     python -m bench.ppo_vs_trl [--rounds 3] [--steps 3] [--batch_size 8] [--mini_batch_size 2]
+                               [--dims tiny|smollm2] [--precisions fp32,bf16]
+
+``--dims tiny`` (default) is a 4-layer, hidden-256 Llama; ``--dims smollm2`` SmolLM2-135M's transformer with random
+weights (policy, reference, reward and TRL's value model all that size), written to out/bench/ppo_vs_trl_smollm2.json.
+``--precisions`` adds bf16 mixed precision (autocast over fp32 weights) on both sides: ours through accelerate's
+``ACCELERATE_MIXED_PRECISION``, TRL through its ``bf16=True``.
 
 Creates ``.venv-trl112`` on first use (torch CPU, trl==1.12.0, transformers 5.x, peft, requests; never a project
 dependency). Each round runs both stacks once per variant (full fine-tune, LoRA), alternating which goes first, so
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +33,7 @@ from bench.common import (
     ratio_summary,
     run_measured,
     save_json,
+    smollm2_ppo_models,
     tiny_ppo_models,
 )
 
@@ -38,8 +46,6 @@ def ensure_trl_venv() -> str:
     """The peer's own environment; installs once, then checks it co-installs (pip check) and imports."""
     marker = TRL_VENV / ".installed"
     if not marker.is_file():
-        import os
-
         torch_spec = os.environ.get("TORCH_SPEC", "torch==2.13.0")
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(TRL_VENV)], check=True)
         pip = [str(TRL_PY), "-m", "pip", "install", "-q"]
@@ -76,11 +82,14 @@ def write_prompts(policy: Path, path: Path) -> int:
     return sum(len(r["prompt_ids"]) for r in rows) // len(rows)
 
 
-def run_ours(policy: Path, reward: Path, out: Path, peft: str, args: argparse.Namespace, extra=()) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    argv = [
-        PYTHON,
-        "rl_training.py",
+def precision_env(precision: str) -> dict[str, str]:
+    """accelerate's switch, which rl_training.py honours: bf16 autocast around every forward, fp32 weights."""
+    return {"ACCELERATE_MIXED_PRECISION": "bf16" if precision == "bf16" else "no"}
+
+
+def ppo_flags(policy: Path, reward: Path, out: Path, peft: str, args: argparse.Namespace, steps: int) -> list[str]:
+    """rl_training.py's flags for ``steps`` fixed-length PPO steps of the benchmark's shape."""
+    return [
         f"--model_name={policy}",
         f"--reward_model_name={reward}",
         "--dataset_name=data/orca_sample/train.jsonl",
@@ -88,15 +97,22 @@ def run_ours(policy: Path, reward: Path, out: Path, peft: str, args: argparse.Na
         f"--mini_batch_size={args.mini_batch_size}",
         "--gradient_accumulation_steps=1",
         f"--ppo_epochs={args.ppo_epochs}",
-        f"--steps={args.steps * args.batch_size}",
+        f"--steps={steps * args.batch_size}",
         f"--response_length={args.response_length}",
         "--ignore_eos=true",
         f"--peft={peft}",
         f"--output_dir={out}",
         "--log_samples_every=0",
-        *extra,
     ]
-    res = check(run_measured(argv, env={"OMP_NUM_THREADS": args.threads}, log=out.with_suffix(".log")), "ours")
+
+
+def run_ours(
+    policy: Path, reward: Path, out: Path, peft: str, args: argparse.Namespace, extra=(), precision: str = "fp32"
+) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [PYTHON, "rl_training.py", *ppo_flags(policy, reward, out, peft, args, args.steps), *extra]
+    env = {"OMP_NUM_THREADS": args.threads, **precision_env(precision)}
+    res = check(run_measured(argv, env=env, log=out.with_suffix(".log")), "ours")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steady = sum(r["time/ppo/total"] for r in rows[1:])
     return {
@@ -107,7 +123,9 @@ def run_ours(policy: Path, reward: Path, out: Path, peft: str, args: argparse.Na
     }
 
 
-def run_trl(policy: Path, reward: Path, prompts: Path, out: Path, peft: str, args: argparse.Namespace) -> dict:
+def run_trl(
+    policy: Path, reward: Path, prompts: Path, out: Path, peft: str, args: argparse.Namespace, precision: str = "fp32"
+) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     argv = [
         str(TRL_PY),
@@ -122,6 +140,7 @@ def run_trl(policy: Path, reward: Path, prompts: Path, out: Path, peft: str, arg
         f"--ppo_epochs={args.ppo_epochs}",
         f"--response_length={args.response_length}",
         f"--steps={args.steps}",
+        f"--precision={precision}",
     ]
     res = check(run_measured(argv, env={"OMP_NUM_THREADS": args.threads}, log=out.with_suffix(".log")), "TRL")
     ends = json.loads((out / "timings.json").read_text())["step_ends"]
@@ -152,12 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--response_length", type=int, default=32)
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both stacks")
     parser.add_argument("--variants", default="none,lora")
+    parser.add_argument("--dims", choices=("tiny", "smollm2"), default="tiny", help="the models' size (see above)")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (mixed precision)")
     args = parser.parse_args(argv)
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"fp32", "bf16"}:
+        parser.error(f"--precisions: expected fp32 and/or bf16, got {args.precisions!r}")
 
     versions = ensure_trl_venv()
-    work = OUT / "ppo_vs_trl"
+    work = OUT / f"ppo_vs_trl_{args.dims}"
     work.mkdir(parents=True, exist_ok=True)
-    policy, reward = tiny_ppo_models(OUT / "models")
+    policy, reward = (tiny_ppo_models if args.dims == "tiny" else smollm2_ppo_models)(OUT / "models")
     prompts = work / "prompts.jsonl"
     mean_prompt = write_prompts(policy, prompts)
     results: dict = {
@@ -165,24 +189,30 @@ def main(argv: list[str] | None = None) -> None:
         "config": {**vars(args), "mean_prompt_tokens": mean_prompt},
         "variants": {},
     }
-    for peft in args.variants.split(","):
-        runs = []
-        for i in range(args.rounds):
-            order = ("ours", "trl") if i % 2 == 0 else ("trl", "ours")
-            got = {}
-            for who in order:
-                print(f"[ppo_vs_trl] {peft} round {i + 1}/{args.rounds}: {who}", flush=True)
-                if who == "ours":
-                    got[who] = run_ours(policy, reward, work / f"ours-{peft}-{i}", peft, args)
-                else:
-                    got[who] = run_trl(policy, reward, prompts, work / f"trl-{peft}-{i}", peft, args)
-            runs.append(got)
-        results["variants"][peft] = {
-            "runs": runs,
-            "eps_ratio": ratio_summary([r["ours"]["episodes_per_s"] / r["trl"]["episodes_per_s"] for r in runs]),
-            "rss_ratio": ratio_summary([r["ours"]["peak_rss_mb"] / r["trl"]["peak_rss_mb"] for r in runs]),
-        }
-        print(json.dumps({k: v for k, v in results["variants"][peft].items() if k != "runs"}), flush=True)
+    for precision in precisions:
+        for peft in args.variants.split(","):
+            name = peft if precision == "fp32" else f"{peft}-{precision}"
+            runs = []
+            for i in range(args.rounds):
+                order = ("ours", "trl") if i % 2 == 0 else ("trl", "ours")
+                got = {}
+                for who in order:
+                    print(f"[ppo_vs_trl] {name} round {i + 1}/{args.rounds}: {who}", flush=True)
+                    out = work / f"{who}-{name}-{i}"
+                    if who == "ours":
+                        got[who] = run_ours(policy, reward, out, peft, args, precision=precision)
+                    else:
+                        got[who] = run_trl(policy, reward, prompts, out, peft, args, precision=precision)
+                    got[who]["load"] = os.getloadavg()[0]
+                runs.append(got)
+            results["variants"][name] = {
+                "peft": peft,
+                "precision": precision,
+                "runs": runs,
+                "eps_ratio": ratio_summary([r["ours"]["episodes_per_s"] / r["trl"]["episodes_per_s"] for r in runs]),
+                "rss_ratio": ratio_summary([r["ours"]["peak_rss_mb"] / r["trl"]["peak_rss_mb"] for r in runs]),
+            }
+            print(json.dumps({k: v for k, v in results["variants"][name].items() if k != "runs"}), flush=True)
     floors = {
         "ours": import_floor_mb(PYTHON, OURS_IMPORTS, args.threads),
         "trl": import_floor_mb(str(TRL_PY), TRL_IMPORTS, args.threads),
@@ -195,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in variant["runs"]
             ]
         )
-    save_json("ppo_vs_trl", results)
+    save_json("ppo_vs_trl" if args.dims == "tiny" else f"ppo_vs_trl_{args.dims}", results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from bench import learning
 from bench.common import PLOTS, PPO_PHASES, ROOT, load_json, machine
 
 TARGET_EPS, TARGET_RSS, TARGET_PLAIN_SHARE, TARGET_R2 = 1.5, 0.7, 0.8, 0.98
+TARGET_EPS_135M, TARGET_RSS_135M = 2.0, 0.6  # issue 16: at SmolLM2-135M's size, full fine-tune
 
 
 def fmt_ratio(summary: dict) -> str:
@@ -120,44 +121,44 @@ def plot_scaling(scaling: dict) -> str:
     return "bench/plots/scaling.png"
 
 
+def ppo_targets(variant: dict, what: str, eps_target: float, rss_target: float) -> list[list[str]]:
+    """The summary rows of a PPO-vs-TRL variant: episodes/s and peak RSS ratios against their targets."""
+    eps, rss = variant["eps_ratio"]["median"], variant["rss_ratio"]["median"]
+    return [
+        [f"PPO episodes/s vs TRL 1.12 {what}", f">= {eps_target}x", f"{eps:.2f}x", yes(eps >= eps_target)],
+        [f"PPO peak RSS vs TRL 1.12 {what}", f"<= {rss_target}x", f"{rss:.2f}x", yes(rss <= rss_target)],
+    ]
+
+
+def ppo_cells(variant: dict, digits: int) -> list[str]:
+    """A PPO-vs-TRL table's cells for one variant: medians of each side's episodes/s and peak RSS, and the ratios."""
+
+    def med(who: str, key: str) -> float:
+        return statistics.median(r[who][key] for r in variant["runs"])
+
+    return [
+        f"{med('ours', 'episodes_per_s'):.{digits}f}",
+        f"{med('trl', 'episodes_per_s'):.{digits}f}",
+        fmt_ratio(variant["eps_ratio"]),
+        f"{med('ours', 'peak_rss_mb'):.0f}",
+        f"{med('trl', 'peak_rss_mb'):.0f}",
+        fmt_ratio(variant["rss_ratio"]),
+    ]
+
+
 def ppo_section(ppo: dict, summary: list[list[str]]) -> str:
     cfg = ppo["config"]
     rows = []
     for name, v in ppo["variants"].items():
-
-        def med(who: str, key: str, runs: list = v["runs"]) -> float:
-            return statistics.median(r[who][key] for r in runs)
-
         rows.append(
             [
                 "full fine-tune" if name == "none" else "LoRA",
-                f"{med('ours', 'episodes_per_s'):.2f}",
-                f"{med('trl', 'episodes_per_s'):.2f}",
-                fmt_ratio(v["eps_ratio"]),
-                f"{med('ours', 'peak_rss_mb'):.0f}",
-                f"{med('trl', 'peak_rss_mb'):.0f}",
-                fmt_ratio(v["rss_ratio"]),
+                *ppo_cells(v, 2),
                 fmt_ratio(v["rss_above_floor_ratio"]) if "rss_above_floor_ratio" in v else "–",
             ]
         )
     if "none" in ppo["variants"]:
-        full = ppo["variants"]["none"]
-        summary.append(
-            [
-                "PPO episodes/s vs TRL 1.12 (full fine-tune)",
-                f">= {TARGET_EPS}x",
-                f"{full['eps_ratio']['median']:.2f}x",
-                yes(full["eps_ratio"]["median"] >= TARGET_EPS),
-            ]
-        )
-        summary.append(
-            [
-                "PPO peak RSS vs TRL 1.12 (full fine-tune)",
-                f"<= {TARGET_RSS}x",
-                f"{full['rss_ratio']['median']:.2f}x",
-                yes(full["rss_ratio"]["median"] <= TARGET_RSS),
-            ]
-        )
+        summary += ppo_targets(ppo["variants"]["none"], "(full fine-tune)", TARGET_EPS, TARGET_RSS)
     header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
     ppo_table = table([*header, "RSS ratio: median (min–max)", "RSS above import floor: ratio"], rows)
     floors = ppo.get("import_floor_mb", {})
@@ -189,6 +190,170 @@ What differs by design, not by configuration: TRL trains a separate value networ
 optimizer state, also under LoRA, where it is fully trained) and keeps generation logits; ours puts a value head
 on the policy (one forward for both). Peak RSS includes the Python/torch/transformers baseline that both pay,
 which bounds how low the ratio can go for a model this small. {floor_text}
+"""
+
+
+def variant_label(name: str, v: dict) -> str:
+    peft = v.get("peft", name.split("-")[0])
+    return ("full fine-tune" if peft == "none" else "LoRA") + f", {v.get('precision', 'fp32')}"
+
+
+def memory_breakdown(held: dict[str, float], ours_floor: float, ours_peak: float, trl_floor: float, trl_peak: float):
+    """Rows (what, ours MB, TRL MB) of where each full fine-tune's peak resident memory goes.
+
+    Ours is measured (``held``: the engine's tensors, bench/profile_update.py). TRL's is derived from the same sizes
+    by its design: policy, reference, reward model and a value network of the reward model's size, all fp32; the
+    policy and the value network trained, each with gradients and two Adam moments. What neither accounts for
+    (activations, the generation cache, allocator slack) is each peak minus the rest.
+    """
+    model, reward = held["policy_weights"], held["reward_weights"]
+    trained = held["gradients"]
+    trl = {
+        "weights": model + held["reference_weights"] + reward + reward,
+        "gradients": trained + reward,
+        "optimizer state": 2 * (trained + reward),
+    }
+    ours = {
+        "weights": model + held["reference_weights"] + reward,
+        "gradients": trained,
+        "optimizer state": held["optimizer_state"],
+    }
+    rows = [["libraries (import floor)", ours_floor, trl_floor]]
+    rows += [[k, ours[k], trl[k]] for k in ours]
+    rows.append(
+        [
+            "activations, generation cache, allocator slack",
+            ours_peak - ours_floor - sum(ours.values()),
+            trl_peak - trl_floor - sum(trl.values()),
+        ]
+    )
+    rows.append(["peak RSS", ours_peak, trl_peak])
+    return rows
+
+
+def ppo_135m_section(ppo: dict, profile: dict | None, summary: list[list[str]]) -> str:
+    cfg = ppo["config"]
+    rows = []
+    for name, v in ppo["variants"].items():
+        loads = [r[w]["load"] for r in v["runs"] for w in ("ours", "trl") if "load" in r[w]]
+        rows.append(
+            [
+                variant_label(name, v),
+                *ppo_cells(v, 3),
+                f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–",
+            ]
+        )
+    full = ppo["variants"].get("none")
+    if full:
+        summary += ppo_targets(full, "at 135M (full fine-tune, fp32)", TARGET_EPS_135M, TARGET_RSS_135M)
+    header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
+    main_table = table([*header, "RSS ratio: median (min–max)", "load (1 min)"], rows)
+    parts = [
+        f"""## 1b. PPO against TRL 1.12 at SmolLM2-135M's size
+
+`python -m bench.ppo_vs_trl --dims smollm2`: the comparison of section 1 with SmolLM2-135M's transformer (30 layers,
+hidden 576, 9/3 heads, MLP 1536; random weights, this benchmark's 4096-token vocabulary: ~108M parameters) as policy,
+reference and reward model (and TRL's value network). Prompts mean {cfg["mean_prompt_tokens"]} tokens, batch
+{cfg["batch_size"]}, minibatch {cfg["mini_batch_size"]}, {cfg["ppo_epochs"]} PPO epochs, {cfg["response_length"]}
+response tokens, {cfg["threads"]} thread(s) each, {cfg["steps"]} PPO steps per run (the first is warm-up),
+{cfg["rounds"]} rounds alternating which stack goes first. bf16 = mixed precision on both sides (autocast over fp32
+weights: ours `ACCELERATE_MIXED_PRECISION=bf16`, TRL `bf16=True`).
+
+{main_table}
+"""
+    ]
+    if full:
+        runs = [r["ours"]["phases"] for r in full["runs"]]
+        keys = (*PPO_PHASES, "other", "total")
+        ours = {k: statistics.median(r[k] for r in runs) for k in keys}
+        trl_step = cfg["batch_size"] / statistics.median(r["trl"]["episodes_per_s"] for r in full["runs"])
+        phase_rows = [[k, f"{ours[k]:.1f}", f"{100 * ours[k] / ours['total']:.0f}%"] for k in keys]
+        parts.append(
+            f"""**Where a step's time goes** (ours, full fine-tune fp32, median over its runs; TRL's step took
+{trl_step:.1f} s). TRL runs two backward passes per minibatch (policy and value network) where ours runs one, and
+one more no-grad forward per rollout (the value network); so its update should cost about twice ours, and the
+episodes/s ratio approaches 2x only as far as the update dominates both steps: generation, the rollout forwards and
+scoring cost both stacks about the same.
+
+{table(["phase (ours)", "seconds", "share"], phase_rows)}
+"""
+        )
+    if profile:
+        group_rows = [[g, f"{v['s']:.2f}", f"{100 * v['share']:.1f}%"] for g, v in profile["groups"].items()]
+        pc = profile["config"]
+        parts.append(
+            f"""**The update by profile** (`python -m bench.profile_update`: torch's profiler around the second
+update of a {pc["dims"]} {pc["precision"]} run, {"full fine-tune" if pc["peft"] == "none" else "LoRA"}; self CPU
+time of every operator, grouped; {profile["wall_s"]:.1f} s under the profiler). Model math (weight matmuls forward
+and backward, attention, norms and activations) and the optimizer are what it spends its time on; what is left is
+elementwise work of the same model math (the RMSNorm and rotary multiplies, residual adds: "other").
+
+{table(["group", "self CPU s", "share"], group_rows)}
+"""
+        )
+        mem = profile.get("memory")
+        if mem and full and "import_floor_mb" in ppo:
+            floors = ppo["import_floor_mb"]
+            trl_peak = statistics.median(r["trl"]["peak_rss_mb"] for r in full["runs"])
+            ours_peak = statistics.median(r["ours"]["peak_rss_mb"] for r in full["runs"])
+            rows = memory_breakdown(mem["held_mb"], floors["ours"], ours_peak, floors["trl"], trl_peak)
+            mem_rows = [[what, f"{a:.0f}", f"{b:.0f}", f"{a / b:.2f}"] for what, a, b in rows]
+            parts.append(
+                f"""**Where the memory goes** (full fine-tune, fp32; peaks: medians of the table above; ours' tensors
+measured by bench/profile_update.py, TRL's derived from the same sizes by its design: four fp32 models, two of them
+trained with gradients and two Adam moments each). Held tensors alone give ours / TRL = 6/10 model sizes = 0.6;
+the libraries, activations and slack move the whole-process ratio.
+
+{table(["what", "ours MB", "TRL MB", "ratio"], mem_rows)}
+"""
+            )
+    return "\n".join(parts)
+
+
+TARGET_GENERATION = 0.9  # issue 16: PPO's LoRA rollout generation against the merged model's
+
+
+def generation_section(gen: dict, summary: list[list[str]]) -> str:
+    st = gen["settings"]
+    labels = {
+        "lora": "PEFT model as it is",
+        "folded": "PPO's sampling (adapter folded)",
+        "merged": "plain model, adapter merged",
+    }
+    rows = []
+    for name, label in labels.items():
+        tps, ph = gen["tokens_per_s"][name], gen.get("phases", {}).get(name)
+        ratio = gen["ratio_to_merged"].get(name)
+        rows.append(
+            [
+                label,
+                f"{tps['median']:.1f} ({tps['min']:.1f}–{tps['max']:.1f})",
+                f"{ph['prefill']['median']:.0f}" if ph else "–",
+                f"{ph['decode']['median']:.1f}" if ph else "–",
+                fmt_ratio(ratio) if ratio else "1",
+            ]
+        )
+    folded = gen["ratio_to_merged"]["folded"]["median"]
+    summary.append(
+        [
+            f"LoRA rollout generation vs the merged model ({st['dims']})",
+            f">= {TARGET_GENERATION}x",
+            f"{folded:.2f}x",
+            yes(folded >= TARGET_GENERATION),
+        ]
+    )
+    load = gen.get("load_average", [float("nan")])[0]
+    header = ["sampling", "tokens/s (min–max)", "prefill: prompt tokens/s", "decode: tokens/s", "ratio to merged"]
+    return f"""## 1c. Rollout generation with a LoRA policy
+
+`python -m bench.generation --dims {st["dims"]} --lora_layers {st["lora_layers"]}`: {st["batch"]} prompts of
+{st["prompt_tokens"]} tokens, {st["new_tokens"]} new tokens each (EOS ignored), KV cache on, {gen["threads"]}
+thread(s), {st["rounds"]} rounds alternating the order (load average {load:.1f} at the end). PPO samples with the
+adapter folded into the weights for the call (``rlhf.ppo.models.adapter_folded``: the same function to float32
+rounding, restored after); the target is a separate plain model with the adapter merged. Prefill = a call that
+samples one token; decode = the rest of a full call.
+
+{table(header, rows)}
 """
 
 
@@ -374,13 +539,24 @@ def scaling_section(scaling: dict, summary: list[list[str]]) -> str:
     parts = []
     for key, unit in (("batch_size", "prompt"), ("response_length", "token")):
         s = scaling[key]
-        rows = [[p[key], f"{p['total']:.2f}"] + [f"{p[ph]:.2f}" for ph in (*PPO_PHASES, "other")] for p in s["points"]]
+        rows = [
+            [p[key], f"{p['total']:.2f}", f"{p['min']:.2f}–{p['max']:.2f}" if "min" in p else "–"]
+            + [f"{p[ph]:.2f}" for ph in (*PPO_PHASES, "other")]
+            for p in s["points"]
+        ]
         flag = "**super-linear term flagged**" if s["superlinear"] else "no super-linear term"
         fixed = ", ".join(f"{k} {v}" for k, v in s["fixed"].items())
         parts.append(
             f"**Against {key.replace('_', ' ')}** ({fixed}): slope {s['slope']:.3f} s per {unit}, intercept "
             f"{s['intercept']:.2f} s, R² {s['r2']:.3f}; fitted x² term = {100 * s['quadratic_share']:.1f}% of the "
-            f"largest point's time: {flag}.\n\n" + table([key, "s/step", *PPO_PHASES, "other"], rows)
+            f"largest point's time: {flag}."
+            + (
+                f" {s['repeats']} runs per point; load average (1 min) {s['load']['min']:.1f}–{s['load']['max']:.1f}."
+                if "load" in s
+                else ""
+            )
+            + "\n\n"
+            + table([key, "s/step", "runs min–max", *PPO_PHASES, "other"], rows)
         )
         summary.append(
             [
@@ -402,7 +578,8 @@ def scaling_section(scaling: dict, summary: list[list[str]]) -> str:
 
 rl_training.py on the tiny Llama, full fine-tune, fixed response length (EOS ignored), minibatch
 {scaling["config"]["mini_batch_size"]}, {scaling["config"]["ppo_epochs"]} PPO epochs; each point is the median of the
-engine's `time/ppo/total` over the steps after the first of a {scaling["config"]["steps"]}-step run. A quadratic fit
+engine's `time/ppo/total` over the steps after the first of a {scaling["config"]["steps"]}-step run (with repeats:
+the median over the point's runs, the sweep visited forward and backward in turn). A quadratic fit
 flags a super-linear term when its x² part is >= 10% of the largest point's time (generation reuses the KV cache, so
 none is expected from it).
 
@@ -438,6 +615,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="total make bench duration to report")
     args = parser.parse_args(argv)
     ppo, eff, scaling = load_json("ppo_vs_trl"), load_json("efficiency"), load_json("scaling")
+    ppo_135m, profile = load_json("ppo_vs_trl_smollm2"), load_json("profile_update")
+    generation = load_json("generation")
     info = machine()
     info["threads"] = f"{os.environ.get('OMP_NUM_THREADS', info['threads'])} per benchmark process (OMP_NUM_THREADS)"
     info["load average at report time"] = "{:.1f} / {:.1f} / {:.1f} (1/5/15 min; the cores are shared)".format(
@@ -447,6 +626,10 @@ def main(argv: list[str] | None = None) -> None:
     sections = []
     if ppo:
         sections.append(ppo_section(ppo, summary))
+    if ppo_135m:
+        sections.append(ppo_135m_section(ppo_135m, profile, summary))
+    if generation:
+        sections.append(generation_section(generation, summary))
     if eff:
         sections.append(efficiency_section(eff, summary))
     if scaling:
@@ -467,7 +650,7 @@ alternated in one session.
 
 {table(["", ""], [[k, v] for k, v in info.items()])}
 
-## Targets (issues #6 and #12)
+## Targets (issues #6, #12 and #16)
 
 {table(["target", "wanted", "measured", ""], summary)}
 

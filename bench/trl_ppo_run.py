@@ -40,6 +40,7 @@ def main() -> None:
     for name in ("batch_size", "mini_batch_size", "ppo_epochs", "response_length", "steps", "seed"):
         parser.add_argument(f"--{name}", type=int, default=0)
     parser.add_argument("--learning_rate", type=float, default=1.41e-5)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: mixed precision")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -78,7 +79,7 @@ def main() -> None:
         report_to="none",
         logging_steps=1,
         use_cpu=True,
-        bf16=False,
+        bf16=args.precision == "bf16",  # autocast over the fp32 weights, as ours under ACCELERATE_MIXED_PRECISION
         disable_tqdm=True,
         seed=args.seed,
         dataloader_num_workers=0,

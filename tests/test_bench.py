@@ -273,3 +273,75 @@ def test_learning_section_replaces_only_itself_in_benchmarks_md():
     assert extract_section(text) == new
     appended = replace_section("# Benchmarks\n", new)
     assert appended == f"# Benchmarks\n\n{new}\n" and extract_section("# Benchmarks\n") is None
+
+
+def test_profile_groups_put_each_operator_in_one_group_and_shares_sum_to_one():
+    from bench.profile_update import group_of, summarize
+
+    assert group_of("aten::mm") == "weight matmuls"
+    assert group_of("aten::_fused_adam_") == "optimizer"
+    assert group_of("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
+    assert group_of("aten::silu_backward") == "norm and activations"
+    assert group_of("aten::log_softmax") == "log-probs and losses"
+    assert group_of("aten::_to_copy") == "copies and casts"
+    assert group_of("aten::mul") == "other"
+    got = summarize([("aten::mm", 6.0, 10), ("aten::_fused_adam_", 1.0, 2), ("aten::mul", 3.0, 7)], wall_s=11.0)
+    assert got["self_cpu_s"] == pytest.approx(10.0)
+    assert list(got["groups"]) == ["weight matmuls", "other", "optimizer"]  # largest first
+    assert sum(g["share"] for g in got["groups"].values()) == pytest.approx(1.0)
+    assert got["groups"]["weight matmuls"]["share"] == pytest.approx(0.6)
+    assert got["top_ops"][0] == {"op": "aten::mm", "s": 6.0, "calls": 10, "group": "weight matmuls"}
+
+
+def test_memory_breakdown_derives_trl_from_our_sizes_and_accounts_for_each_peak():
+    from bench.report import memory_breakdown
+
+    held = {"policy_weights": 400.0, "reference_weights": 400.0, "reward_weights": 400.0}
+    held |= {"gradients": 400.0, "optimizer_state": 800.0}
+    rows = {what: (ours, trl) for what, ours, trl in memory_breakdown(held, 350.0, 3100.0, 430.0, 5100.0)}
+    assert rows["weights"] == (1200.0, 1600.0)  # TRL: policy, reference, reward and a value network
+    assert rows["gradients"] == (400.0, 800.0) and rows["optimizer state"] == (800.0, 1600.0)
+    held_ours = sum(rows[k][0] for k in ("weights", "gradients", "optimizer state"))
+    held_trl = sum(rows[k][1] for k in ("weights", "gradients", "optimizer state"))
+    assert held_ours / held_trl == pytest.approx(0.6)  # 6 model sizes against 10, by design
+    rest = rows["activations, generation cache, allocator slack"]
+    assert rest == (3100.0 - 350.0 - 2400.0, 5100.0 - 430.0 - 4000.0)
+    assert rows["peak RSS"] == (3100.0, 5100.0)
+
+
+def test_the_135m_section_reports_each_variant_and_judges_the_full_fine_tune_targets():
+    from bench.report import ppo_135m_section
+
+    def run(ours_eps, trl_eps, ours_rss, trl_rss):
+        phases = {"generate": 5.0, "policy_forward": 1.0, "reference": 1.0, "score": 1.0, "update": 20.0}
+        ours = {"episodes_per_s": ours_eps, "peak_rss_mb": ours_rss, "load": 1.0, "phases": {**phases, "total": 28.0}}
+        ours["phases"]["other"] = 0.0
+        return {"ours": ours, "trl": {"episodes_per_s": trl_eps, "peak_rss_mb": trl_rss, "load": 1.2}}
+
+    def variant(peft, precision, runs):
+        return {
+            "peft": peft,
+            "precision": precision,
+            "runs": runs,
+            "eps_ratio": ratio_summary([r["ours"]["episodes_per_s"] / r["trl"]["episodes_per_s"] for r in runs]),
+            "rss_ratio": ratio_summary([r["ours"]["peak_rss_mb"] / r["trl"]["peak_rss_mb"] for r in runs]),
+        }
+
+    config = {"batch_size": 8, "mini_batch_size": 2, "ppo_epochs": 4, "response_length": 32, "threads": "1"}
+    ppo = {
+        "config": {**config, "steps": 3, "rounds": 3, "mean_prompt_tokens": 27},
+        "variants": {
+            "none": variant("none", "fp32", [run(0.30, 0.12, 3000, 5100), run(0.28, 0.15, 3050, 5000)]),
+            "lora-bf16": variant("lora", "bf16", [run(0.5, 0.2, 2000, 4000)]),
+        },
+    }
+    summary: list[list[str]] = []
+    text = ppo_135m_section(ppo, None, summary)
+    assert "| full fine-tune, fp32 |" in text and "| LoRA, bf16 |" in text
+    eps, rss = summary
+    assert eps[0].startswith("PPO episodes/s") and eps[2] == "2.18x" and eps[3] == "met"  # median of 2.5, 1.87
+    assert rss[2] == "0.60x" and rss[3] == "met"  # median of 0.588, 0.61
+    ppo["variants"]["none"] = variant("none", "fp32", [run(0.2, 0.12, 3200, 5100)])
+    summary.clear()
+    ppo_135m_section(ppo, None, summary)
+    assert summary[0][3] == "**not met**" and summary[1][3] == "**not met**"  # 1.67x, 0.63x
