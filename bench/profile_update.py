@@ -27,7 +27,9 @@ from pathlib import Path
 
 # Operator name -> group, first match wins (names as torch's profiler reports them, forward and backward).
 GROUPS = (
-    ("optimizer", ("adam", "_foreach", "clip_grad", "norm")),
+    # Gradient clipping: a norm of every gradient, then an in-place multiply of every gradient (aten::mul_ is only
+    # called there in a PPO update).
+    ("optimizer", ("adam", "_foreach", "clip_grad", "norm", "aten::mul_")),
     ("attention", ("attention", "sdpa", "flash")),
     ("weight matmuls", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn")),
     ("norm and activations", ("rms", "silu", "pow", "rsqrt", "sigmoid", "mean")),

@@ -285,8 +285,9 @@ scoring cost both stacks about the same.
             f"""**The update by profile** (`python -m bench.profile_update`: torch's profiler around the second
 update of a {pc["dims"]} {pc["precision"]} run, {"full fine-tune" if pc["peft"] == "none" else "LoRA"}; self CPU
 time of every operator, grouped; {profile["wall_s"]:.1f} s under the profiler). Model math (weight matmuls forward
-and backward, attention, norms and activations) and the optimizer are what it spends its time on; what is left is
-elementwise work of the same model math (the RMSNorm and rotary multiplies, residual adds: "other").
+and backward, attention, norms and activations) and the optimizer (AdamW and gradient clipping) are what it spends
+its time on; "other" is the same model math's elementwise work (the RMSNorm, rotary and SwiGLU multiplies, residual
+adds) and autograd's bookkeeping. Copies, casts and the loss math are the part an engine could still remove.
 
 {table(["group", "self CPU s", "share"], group_rows)}
 """

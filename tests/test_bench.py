@@ -284,7 +284,7 @@ def test_profile_groups_put_each_operator_in_one_group_and_shares_sum_to_one():
     assert group_of("aten::silu_backward") == "norm and activations"
     assert group_of("aten::log_softmax") == "log-probs and losses"
     assert group_of("aten::_to_copy") == "copies and casts"
-    assert group_of("aten::mul") == "other"
+    assert group_of("aten::mul") == "other" and group_of("aten::mul_") == "optimizer"  # clipping scales in place
     got = summarize([("aten::mm", 6.0, 10), ("aten::_fused_adam_", 1.0, 2), ("aten::mul", 3.0, 7)], wall_s=11.0)
     assert got["self_cpu_s"] == pytest.approx(10.0)
     assert list(got["groups"]) == ["weight matmuls", "other", "optimizer"]  # largest first

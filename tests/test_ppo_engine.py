@@ -293,8 +293,9 @@ def test_a_minibatch_drops_the_padding_its_rows_share_and_learns_exactly_the_sam
         assert cut_stats[key] == pytest.approx(full_stats[key], rel=1e-5, abs=1e-7), key
 
 
-def test_a_device_that_compiles_per_shape_keeps_the_rollout_width(engine_factory, tokenizer, fmt):
-    """Gaudi's lazy mode compiles a graph per shape: there every minibatch keeps the rollout's one width."""
+def test_static_shapes_and_a_device_that_compiles_per_shape_keep_the_rollout_width(engine_factory, tokenizer, fmt):
+    """Gaudi's lazy mode compiles a graph per shape, and --static_shapes asks for one shape: there every minibatch
+    keeps the rollout's one width."""
     from rlhf.runtime.gaudi import GaudiRuntime
 
     engine = engine_factory(peft=False, lr=1e-3)
@@ -303,6 +304,9 @@ def test_a_device_that_compiles_per_shape_keeps_the_rollout_width(engine_factory
     assert engine._minibatch_columns(ro, engine._row_spans(ro), rows) != (0, ro.input_ids.shape[1])
     engine.runtime = GaudiRuntime(None, None)
     assert engine._minibatch_columns(ro, engine._row_spans(ro), rows) == (0, ro.input_ids.shape[1])
+    static = engine_factory(peft=False, lr=1e-3, static_shapes=True, max_prompt_length=64)
+    ro = static.rollout(prompts(tokenizer, fmt))
+    assert static._minibatch_columns(ro, static._row_spans(ro), rows) == (0, ro.input_ids.shape[1])
 
 
 def eos_bias_hook(engine: PPOEngine, bias: float):

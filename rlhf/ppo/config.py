@@ -132,8 +132,9 @@ class PPOConfig:
         default=False,
         metadata={
             "help": "Pad prompts to --max_prompt_length and responses to --response_length (else "
-            "--output_max_length), so every step has the same tensor shapes (on by itself with --use_habana, "
-            "for Gaudi graphs; works everywhere and gives the same results)."
+            "--output_max_length), and keep every PPO minibatch that wide, so every step has the same tensor "
+            "shapes (on by itself with --use_habana, for Gaudi graphs; works everywhere, with the same results up "
+            "to float rounding)."
         },
     )
     stop_on_nonfinite: bool = field(

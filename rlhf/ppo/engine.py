@@ -339,8 +339,8 @@ class PPOEngine:
 
     def _row_spans(self, ro: Rollout) -> Tensor | None:
         """Each row's left padding and response length, on the host (one transfer per update), or None where every
-        minibatch keeps the rollout's full width (a device that compiles per shape)."""
-        if not self.runtime.trims_padding:
+        minibatch keeps the rollout's full width: under --static_shapes, and on a device that compiles per shape."""
+        if self.config.static_shapes or not self.runtime.trims_padding:
             return None
         left = (ro.attention_mask.cumsum(1) == 0).sum(1)
         return torch.stack([left, ro.response_mask.sum(1)], 1).cpu()
