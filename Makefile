@@ -66,7 +66,7 @@ demo: setup $(DEMO_MODEL)/.complete
 
 # Benchmarks -> BENCHMARKS.md + bench/plots/ (not part of CI). The TRL 1.12 peer gets its own .venv-trl112, created
 # on first use. One thread per process: ratios stay fair on a shared machine. BENCH_SCALE=small: the tiny model
-# only (no SmolLM2-135M-sized runs). Durations on 2 CPU cores: see BENCHMARKS.md.
+# only (no SmolLM2-135M-sized runs). Durations on 2 CPU cores: README, Benchmarks.
 BENCH_THREADS ?= 1
 BENCH_SCALE ?= full
 bench: setup
