@@ -236,6 +236,11 @@ def tiny_ppo_models(root: Path) -> tuple[Path, Path]:
     return policy, reward
 
 
+def precision_env(precision: str) -> dict[str, str]:
+    """accelerate's switch, which rl_training.py honours: bf16 autocast around every forward, fp32 weights."""
+    return {"ACCELERATE_MIXED_PRECISION": "bf16" if precision == "bf16" else "no"}
+
+
 def smollm2_ppo_models(root: Path) -> tuple[Path, Path]:
     """Policy and reward model at SmolLM2-135M's dimensions (random weights, this benchmark's tokenizer)."""
     policy = build_model(root / "smollm2-policy", SMOLLM2_135M, "causal", seed=0)

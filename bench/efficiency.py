@@ -38,6 +38,7 @@ from bench.common import (
     build_model,
     check,
     lora_training_flops_per_token,
+    precision_env,
     ratio_summary,
     run_measured,
     save_json,
@@ -273,8 +274,7 @@ def run_ppo(case: dict, model: Path, out: Path, record: Path, plain: list[str]) 
         "--log_samples_every=0",
         "--seed=0",
     ]
-    # accelerate's switch (rl_training.py honours it): bf16 autocast around the policy's forward, fp32 weights.
-    env = {"ACCELERATE_MIXED_PRECISION": "bf16" if case["dtype"] == "bf16" else "no"}
+    env = precision_env(case["dtype"])
     res = check(run_measured(argv, env=env, log=out.with_suffix(".log")), case["name"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     got = json.loads(record.read_text())

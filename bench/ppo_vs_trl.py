@@ -30,6 +30,7 @@ from bench.common import (
     ROOT,
     check,
     ppo_phases,
+    precision_env,
     ratio_summary,
     run_measured,
     save_json,
@@ -80,11 +81,6 @@ def write_prompts(policy: Path, path: Path) -> int:
         rows.append({"prompt_ids": encode_text(tok, fmt.render_prompt(row["system"], row["question"], tok), fmt)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return sum(len(r["prompt_ids"]) for r in rows) // len(rows)
-
-
-def precision_env(precision: str) -> dict[str, str]:
-    """accelerate's switch, which rl_training.py honours: bf16 autocast around every forward, fp32 weights."""
-    return {"ACCELERATE_MIXED_PRECISION": "bf16" if precision == "bf16" else "no"}
 
 
 def ppo_flags(policy: Path, reward: Path, out: Path, peft: str, args: argparse.Namespace, steps: int) -> list[str]:

@@ -155,8 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="1")
     args = parser.parse_args(argv)
 
-    from bench.common import OUT, PYTHON, check, run_measured, save_json, smollm2_ppo_models, tiny_ppo_models
-    from bench.ppo_vs_trl import OURS_IMPORTS, import_floor_mb, ppo_flags, precision_env
+    from bench.common import (
+        OUT,
+        PYTHON,
+        check,
+        precision_env,
+        run_measured,
+        save_json,
+        smollm2_ppo_models,
+        tiny_ppo_models,
+    )
+    from bench.ppo_vs_trl import OURS_IMPORTS, import_floor_mb, ppo_flags
 
     policy, reward = (tiny_ppo_models if args.dims == "tiny" else smollm2_ppo_models)(OUT / "models")
     out = OUT / "profile_update"
