@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,22 +151,26 @@ class Measured:
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> Measured:
-    """Run a command to completion; its wall time and its own peak resident memory (from wait4's rusage)."""
+    """Run a command to completion; its wall time and its own peak resident memory (wait4's rusage, taken by
+    bench/launcher.py so that this process's own peak does not count: see there)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output_chunks = []
-    assert proc.stdout is not None
-    for chunk in iter(lambda: proc.stdout.read(65536), b""):
-        output_chunks.append(chunk)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    output = b"".join(output_chunks).decode("utf-8", "replace")
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak_kib"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-S", str(ROOT / "bench" / "launcher.py"), str(peak_file), *argv],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wall = time.perf_counter() - start
+        peak_kib = float(peak_file.read_text(encoding="utf-8")) if peak_file.exists() else float("nan")
+    output = proc.stdout.decode("utf-8", "replace")
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(output, encoding="utf-8")
-    return Measured(proc.returncode, wall, usage.ru_maxrss / 1024.0, output)
+    return Measured(proc.returncode, wall, peak_kib / 1024.0, output)
 
 
 def check(result: Measured, what: str) -> Measured:

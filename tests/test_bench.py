@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from bench.common import (
     ppo_phases,
     quadratic_share,
     ratio_summary,
+    run_measured,
     training_flops_per_token,
 )
 from bench.efficiency import bf16_speedup_estimate, matmul_params, plain_rates, ppo_update_rate, steady_rate
@@ -345,3 +347,18 @@ def test_the_135m_section_reports_each_variant_and_judges_the_full_fine_tune_tar
     summary.clear()
     ppo_135m_section(ppo, None, summary)
     assert summary[0][3] == "**not met**" and summary[1][3] == "**not met**"  # 1.67x, 0.63x
+
+
+def test_run_measured_counts_the_child_alone_not_the_peak_of_the_process_that_spawned_it():
+    """Linux starts a spawned child's ru_maxrss at its parent's high-water mark; the benchmark parent holds models
+    while it measures its children, so without bench/launcher.py a tiny child would report the parent's peak."""
+    ballast = torch.ones(64 * 2**20)  # 256 MiB resident in this process (ones: the pages are touched)
+    try:
+        small = run_measured([sys.executable, "-S", "-c", "pass"])
+        grown = run_measured([sys.executable, "-S", "-c", "b = b'x' * (200 * 2**20)"])  # written, so resident
+        failed = run_measured([sys.executable, "-S", "-c", "raise SystemExit(3)"])
+    finally:
+        del ballast
+    assert small.returncode == 0 and small.peak_rss_mb < 100, small
+    assert grown.peak_rss_mb > small.peak_rss_mb + 190, (small, grown)
+    assert failed.returncode == 3
