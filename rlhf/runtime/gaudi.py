@@ -8,7 +8,8 @@ is how the contract suite (tests/test_gaudi_contract.py) runs them without the h
 
 Users keep one set of flags: the scripts parse TRL 1.x's names (``--max_length``, ``--packing``,
 ``--completion_only_loss``, ``--trust_remote_code``); on this stack ``LegacySFTConfig`` / ``LegacyRewardConfig``
-provide them on top of transformers 4.55's ``TrainingArguments``, and ``gaudi_training_args`` maps them onto
+(rlhf.runtime.gaudi_configs) provide them on top of transformers 4.55's ``TrainingArguments``, and
+``gaudi_training_args`` maps them onto
 optimum-habana's config classes. Data, prompt format and output folders are the CUDA path's.
 
 Nothing here imports optimum-habana or habana_frameworks at module import: the CUDA/CPU stack imports this module.
@@ -21,11 +22,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainingArguments
 
 from rlhf.errors import UsageError
 from rlhf.runtime.device import DeviceRuntime
@@ -47,33 +46,6 @@ def import_optimum_habana() -> Any:
             f"optimum-habana is installed but cannot be imported ({type(err).__name__}: {err}); {GAUDI_INSTALL_HINT}"
         ) from None
     return oh
-
-
-@dataclass
-class _LegacyTrainingArguments(TrainingArguments):
-    """transformers 4.55's TrainingArguments less what the scripts define themselves (rlhf.stages.flags)."""
-
-    overwrite_output_dir: bool = field(default=False, init=False)  # --overwrite_output_dir: StageArguments'
-
-
-@dataclass
-class LegacySFTConfig(_LegacyTrainingArguments):
-    """The SFTConfig flags the scripts use, for the Gaudi stack (trl 0.9.6 names them differently)."""
-
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
-    max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
-    packing: bool = field(default=False, metadata={"help": "Pack several examples into each --max_length row."})
-    completion_only_loss: bool | None = field(
-        default=None, metadata={"help": "Loss on the answer tokens only (default: yes)."}
-    )
-
-
-@dataclass
-class LegacyRewardConfig(_LegacyTrainingArguments):
-    """The RewardConfig flags the scripts use, for the Gaudi stack (trl 0.9.6's RewardConfig differs)."""
-
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model repos to run their own code."})
-    max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
 
 
 # Our flags that optimum-habana rejects or that we set ourselves.
@@ -104,6 +76,8 @@ def gaudi_training_kwargs(train_args: Any, backend: Any, backend_args: Any, conf
         raise UsageError("--fp16 is not supported by optimum-habana: use --bf16 (Gaudi autocast)")
     if getattr(train_args, "tf32", None):
         raise UsageError("--tf32 is not supported by optimum-habana")
+    from transformers import TrainingArguments
+
     accepted = {f.name: f for f in dataclasses.fields(config_class) if f.init}
     kwargs: dict[str, Any] = {}
     for base_field in dataclasses.fields(TrainingArguments):

@@ -16,8 +16,6 @@ from rlhf.runtime.device import module_available
 from rlhf.runtime.gaudi import (
     GAUDI_INSTALL_HINT,
     GaudiRuntime,
-    LegacyRewardConfig,
-    LegacySFTConfig,
     gaudi_accelerator,
     gaudi_reward_trainer,
     gaudi_sft_trainer,
@@ -86,6 +84,8 @@ def trainer_config_base(kind: str) -> type:
     it is native and measured faster (decided when the flags are parsed, so RLHF_NATIVE_BF16 counts), the CPU when
     there is no GPU, and --trust_remote_code taken from the model flags (rlhf.models.arguments)."""
     if on_gaudi_stack():
+        from rlhf.runtime.gaudi_configs import LegacyRewardConfig, LegacySFTConfig
+
         base = {"sft": LegacySFTConfig, "reward": LegacyRewardConfig}[kind]
     else:
         import trl
