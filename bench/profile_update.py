@@ -71,6 +71,25 @@ def vm_kb(field: str) -> int:
     return 0
 
 
+def malloc_free_kb() -> int | None:
+    """KiB in glibc malloc's free lists, all arenas (``mallinfo2().fordblks``): memory the process freed but still
+    holds resident, to reuse; None where the C library is not glibc >= 2.33."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return None
+    fn.restype = Mallinfo2
+    return fn().fordblks // 1024
+
+
 def tensor_bytes(tensors) -> int:
     """Bytes of distinct tensors' storage (a tied weight counts once)."""
     seen, total = set(), 0
@@ -111,8 +130,19 @@ def child(record: str, script: str, args: list[str]) -> None:
     from rlhf.ppo.engine import PPOEngine
 
     original_update, original_rollout = PPOEngine.update, PPOEngine.rollout
+    original_minibatch = PPOEngine._train_minibatch
     calls: list[int] = []
     peaks: list[dict] = []
+    # The resident set after each minibatch's backward of the first update (where the peak is reached: gradients
+    # and optimizer state held, activations just freed) and how much of it sits in malloc's free lists.
+    samples: list[dict] = []
+
+    def train_minibatch(self, *args, **kwargs):
+        out = original_minibatch(self, *args, **kwargs)
+        if len(calls) == 1:
+            free = malloc_free_kb()
+            samples.append({"rss_mb": vm_kb("VmRSS") / 1024, "malloc_free_mb": None if free is None else free / 1024})
+        return out
 
     def rollout(self, batch):
         if not peaks:
@@ -133,11 +163,13 @@ def child(record: str, script: str, args: list[str]) -> None:
         wall = time.perf_counter() - start
         peaks.append({"after": "update 2 (profiled)", "hwm_mb": vm_kb("VmHWM") / 1024})
         ops = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages()]
-        got = {**summarize(ops, wall), "memory": {"held_mb": held_memory(self), "hwm": peaks}}
+        highest = max(samples, key=lambda x: x["rss_mb"]) if samples else None
+        memory = {"held_mb": held_memory(self), "hwm": peaks, "at_highest_rss": highest}
+        got = {**summarize(ops, wall), "memory": memory}
         Path(record).write_text(json.dumps(got), encoding="utf-8")
         return out
 
-    PPOEngine.update, PPOEngine.rollout = update, rollout
+    PPOEngine.update, PPOEngine.rollout, PPOEngine._train_minibatch = update, rollout, train_minibatch
     torch.manual_seed(0)
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
@@ -195,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
         + f", rest {mem['rest_mb']:.0f} MB"
     )
     print("high-water mark after: " + ", ".join(f"{p['after']} {p['hwm_mb']:.0f}" for p in mem["hwm"]))
+    top = mem.get("at_highest_rss")
+    if top and top["malloc_free_mb"] is not None:
+        print(
+            f"after the first update's fullest backward: RSS {top['rss_mb']:.0f} MB, of it "
+            f"{top['malloc_free_mb']:.0f} MB in malloc's free lists (freed, kept for reuse: not live tensors)"
+        )
     print("top operators:")
     for row in got["top_ops"]:
         print(f"  {row['op']:40s} {row['s']:7.2f} s  {row['calls']:6d} calls  ({row['group']})")

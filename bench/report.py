@@ -198,13 +198,22 @@ def variant_label(name: str, v: dict) -> str:
     return ("full fine-tune" if peft == "none" else "LoRA") + f", {v.get('precision', 'fp32')}"
 
 
-def memory_breakdown(held: dict[str, float], ours_floor: float, ours_peak: float, trl_floor: float, trl_peak: float):
+def memory_breakdown(
+    held: dict[str, float],
+    ours_floor: float,
+    ours_peak: float,
+    trl_floor: float,
+    trl_peak: float,
+    ours_malloc_free: float | None = None,
+):
     """Rows (what, ours MB, TRL MB) of where each full fine-tune's peak resident memory goes.
 
     Ours is measured (``held``: the engine's tensors, bench/profile_update.py). TRL's is derived from the same sizes
     by its design: policy, reference, reward model and a value network of the reward model's size, all fp32; the
     policy and the value network trained, each with gradients and two Adam moments. What neither accounts for
-    (activations, the generation cache, allocator slack) is each peak minus the rest.
+    (activations, the generation cache, allocator slack) is each peak minus the rest. ``ours_malloc_free``: what
+    ours held in malloc's free lists at its highest sampled resident set (bench/profile_update.py), split out of
+    that remainder; TRL's is not measured (None in its column).
     """
     model, reward = held["policy_weights"], held["reward_weights"]
     trained = held["gradients"]
@@ -220,13 +229,14 @@ def memory_breakdown(held: dict[str, float], ours_floor: float, ours_peak: float
     }
     rows = [["libraries (import floor)", ours_floor, trl_floor]]
     rows += [[k, ours[k], trl[k]] for k in ours]
-    rows.append(
-        [
-            "activations, generation cache, allocator slack",
-            ours_peak - ours_floor - sum(ours.values()),
-            trl_peak - trl_floor - sum(trl.values()),
-        ]
-    )
+    ours_rest = ours_peak - ours_floor - sum(ours.values())
+    trl_rest = trl_peak - trl_floor - sum(trl.values())
+    if ours_malloc_free is None:
+        rows.append(["activations, generation cache, allocator slack", ours_rest, trl_rest])
+    else:
+        rows.append(["activations, generation cache, the rest", ours_rest - ours_malloc_free, None])
+        rows.append(["freed memory malloc keeps for reuse", ours_malloc_free, None])
+        rows.append(["the two above together", ours_rest, trl_rest])
     rows.append(["peak RSS", ours_peak, trl_peak])
     return rows
 
@@ -297,8 +307,12 @@ adds) and autograd's bookkeeping. Copies, casts and the loss math are the part a
             floors = ppo["import_floor_mb"]
             trl_peak = statistics.median(r["trl"]["peak_rss_mb"] for r in full["runs"])
             ours_peak = statistics.median(r["ours"]["peak_rss_mb"] for r in full["runs"])
-            rows = memory_breakdown(mem["held_mb"], floors["ours"], ours_peak, floors["trl"], trl_peak)
-            mem_rows = [[what, f"{a:.0f}", f"{b:.0f}", f"{a / b:.2f}"] for what, a, b in rows]
+            free = (mem.get("at_highest_rss") or {}).get("malloc_free_mb")
+            rows = memory_breakdown(mem["held_mb"], floors["ours"], ours_peak, floors["trl"], trl_peak, free)
+            mem_rows = [
+                [what, f"{a:.0f}", "–" if b is None else f"{b:.0f}", "–" if b is None else f"{a / b:.2f}"]
+                for what, a, b in rows
+            ]
             parts.append(
                 f"""**Where the memory goes** (full fine-tune, fp32; peaks: medians of the table above; ours' tensors
 measured by bench/profile_update.py, TRL's derived from the same sizes by its design: four fp32 models, two of them

@@ -309,6 +309,11 @@ def test_memory_breakdown_derives_trl_from_our_sizes_and_accounts_for_each_peak(
     rest = rows["activations, generation cache, allocator slack"]
     assert rest == (3100.0 - 350.0 - 2400.0, 5100.0 - 430.0 - 4000.0)
     assert rows["peak RSS"] == (3100.0, 5100.0)
+    # With malloc's free lists measured (ours only), the remainder is split; TRL's share of it stays unsplit.
+    split = {w: (o, t) for w, o, t in memory_breakdown(held, 350.0, 3100.0, 430.0, 5100.0, ours_malloc_free=150.0)}
+    assert split["freed memory malloc keeps for reuse"] == (150.0, None)
+    assert split["activations, generation cache, the rest"] == (3100.0 - 350.0 - 2400.0 - 150.0, None)
+    assert split["the two above together"] == rest
 
 
 def test_the_135m_section_reports_each_variant_and_judges_the_full_fine_tune_targets():
