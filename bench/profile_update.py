@@ -71,16 +71,18 @@ def vm_kb(field: str) -> int:
     return 0
 
 
+# glibc's struct mallinfo2, in order: every field a size_t.
+MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+MALLINFO2_FIELDS += ("keepcost",)
+
+
 def malloc_free_kb() -> int | None:
     """KiB in glibc malloc's free lists, all arenas (``mallinfo2().fordblks``): memory the process freed but still
     holds resident, to reuse; None where the C library is not glibc >= 2.33."""
     import ctypes
 
     class Mallinfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-        ] + [("keepcost", ctypes.c_size_t)]
+        _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS]
 
     try:
         fn = ctypes.CDLL(None).mallinfo2

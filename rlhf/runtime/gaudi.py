@@ -9,8 +9,8 @@ is how the contract suite (tests/test_gaudi_contract.py) runs them without the h
 Users keep one set of flags: the scripts parse TRL 1.x's names (``--max_length``, ``--packing``,
 ``--completion_only_loss``, ``--trust_remote_code``); on this stack ``LegacySFTConfig`` / ``LegacyRewardConfig``
 (rlhf.runtime.gaudi_configs) provide them on top of transformers 4.55's ``TrainingArguments``, and
-``gaudi_training_args`` maps them onto
-optimum-habana's config classes. Data, prompt format and output folders are the CUDA path's.
+``gaudi_training_args`` maps them onto optimum-habana's config classes. Data, prompt format and output folders are
+the CUDA path's.
 
 Nothing here imports optimum-habana or habana_frameworks at module import: the CUDA/CPU stack imports this module.
 """
