@@ -65,10 +65,12 @@ demo: setup $(DEMO_MODEL)/.complete
 	@echo "demo outputs: out/demo (sft, rm, ppo/final, logs)"
 
 # Benchmarks -> BENCHMARKS.md + bench/plots/ (not part of CI). The TRL 1.12 peer gets its own .venv-trl112, created
-# on first use. One thread per process: ratios stay fair on a shared machine. BENCH_SCALE=small: the tiny model
-# only (no SmolLM2-135M-sized runs). Durations on 2 CPU cores: README, Benchmarks.
+# on first use. One thread per process: ratios stay fair on a shared machine. BENCH_SCALE=default (under 30 minutes on
+# 2 CPU cores): the tiny model's PPO-vs-TRL table, the SmolLM2-135M-sized comparison (full fine-tune, fp32), the
+# update's profile, generation and the scaling fits; small: the tiny model only; full: adds the 135M LoRA and bf16 rows
+# and the stages' efficiency (about two hours). See bench/__main__.py and README, Benchmarks.
 BENCH_THREADS ?= 1
-BENCH_SCALE ?= full
+BENCH_SCALE ?= default
 bench: setup
 	BENCH_SCALE=$(BENCH_SCALE) OMP_NUM_THREADS=$(BENCH_THREADS) HF_HUB_OFFLINE=1 $(PY) -m bench
 

@@ -253,6 +253,33 @@ def smollm2_ppo_models(root: Path) -> tuple[Path, Path]:
     return policy, reward
 
 
+def block_markers(name: str) -> tuple[str, str]:
+    """The HTML comments around a BENCHMARKS.md section that one benchmark writes and the others keep."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def marked(name: str, body: str) -> str:
+    start, end = block_markers(name)
+    return f"{start}\n{body.strip()}\n{end}"
+
+
+def extract_block(text: str, name: str) -> str | None:
+    """The section ``name`` of ``text``, markers included, or None."""
+    start, end = block_markers(name)
+    if start not in text or end not in text.split(start, 1)[1]:
+        return None
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
+
+
+def replace_block(text: str, name: str, new: str) -> str:
+    """``text`` with its section ``name`` replaced by ``new`` (appended when it has none)."""
+    start, end = block_markers(name)
+    if extract_block(text, name) is None:
+        return text.rstrip() + "\n\n" + new + "\n"
+    head, rest = text.split(start, 1)
+    return head + new + rest.split(end, 1)[1]
+
+
 def save_json(name: str, payload: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"

@@ -24,6 +24,7 @@ checkpointing. Writes out/bench/efficiency.json.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from bench.common import (
     build_model,
     check,
     lora_training_flops_per_token,
+    machine,
     precision_env,
     ratio_summary,
     run_measured,
@@ -447,6 +449,10 @@ def main(argv: list[str] | None = None) -> None:
             "runs": list(runs.values()),
             "bf16_over_fp32": bf16_ratios(fams, runs),
             "sampling": sampling,
+            "measured": {
+                "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                **{k: v for k, v in machine().items() if k in ("cpu", "isa")},
+            },
         },
     )
 

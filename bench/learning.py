@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import OUT, ROOT, machine
+from bench.common import OUT, ROOT, machine, marked, replace_block
 
-SECTION_START, SECTION_END = "<!-- learning:start -->", "<!-- learning:end -->"
+BLOCK = "learning"  # BENCHMARKS.md's section that this benchmark owns (make bench keeps it)
 TARGET_MIN_WIN_RATE = 0.65
 
 
@@ -93,8 +93,9 @@ def section(result: dict) -> str:
     rows = result["seeds"]
     w = worst(rows)
     met = "met" if w["win_rate"] >= TARGET_MIN_WIN_RATE else "**not met**"
-    return f"""{SECTION_START}
-## Learning across seeds (`make bench-learning`)
+    return marked(
+        BLOCK,
+        f"""## Learning across seeds (`make bench-learning`)
 
 Generated on {result["when"]} in {result["minutes"]:.1f} minutes ({result["host"]}; load average
 {result["load"]}). One SFT policy and one pair of reward models from `{result["config"]}`, then PPO and the
@@ -103,23 +104,8 @@ evaluation for each seed (PPO `--seed S`, evaluation sampling seed S), every oth
 
 {table(rows)}
 
-Target (issue 13): lowest win rate over the seeds >= {TARGET_MIN_WIN_RATE}: {w["win_rate"]:.3f}, {met}.
-{SECTION_END}"""
-
-
-def replace_section(text: str, new: str) -> str:
-    """``text`` with its learning section replaced by ``new`` (appended when it has none)."""
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        return head + new + rest.split(SECTION_END, 1)[1]
-    return text.rstrip() + "\n\n" + new + "\n"
-
-
-def extract_section(text: str) -> str | None:
-    """The learning section of ``text``, markers included, or None."""
-    if SECTION_START not in text or SECTION_END not in text:
-        return None
-    return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
+Target (issue 13): lowest win rate over the seeds >= {TARGET_MIN_WIN_RATE}: {w["win_rate"]:.3f}, {met}.""",
+    )
 
 
 def host() -> str:
@@ -195,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows))
     bench_md = ROOT / "BENCHMARKS.md"
     old = bench_md.read_text(encoding="utf-8") if bench_md.is_file() else "# Benchmarks\n"
-    bench_md.write_text(replace_section(old, section(result)), encoding="utf-8")
+    bench_md.write_text(replace_block(old, BLOCK, section(result)), encoding="utf-8")
     print(f"wrote {OUT / 'learning.json'} and the learning section of {bench_md}")
     return 0
 

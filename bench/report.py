@@ -1,6 +1,10 @@
 """Turn out/bench/*.json into BENCHMARKS.md and the PNG plots in bench/plots/ (matplotlib, headless).
 
-python -m bench.report [--seconds TOTAL]
+python -m bench.report [--seconds TOTAL] [--scale default|small|full]
+
+A section whose benchmark did not run (no json in out/bench) is left out, except the marked ones other runs own:
+the stages' efficiency and precision (sections 2 and 5, ``BENCH_SCALE=full``) and the learning section
+(``make bench-learning``) are kept from the BENCHMARKS.md in place, as they were written.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import statistics
 
 from bench import learning
-from bench.common import PLOTS, PPO_PHASES, ROOT, load_json, machine
+from bench.common import PLOTS, PPO_PHASES, ROOT, extract_block, load_json, machine, marked, replace_block
 
 TARGET_EPS, TARGET_RSS, TARGET_PLAIN_SHARE, TARGET_R2 = 1.5, 0.7, 0.8, 0.98
 TARGET_EPS_135M, TARGET_RSS_135M = 2.0, 0.6  # issue 16: at SmolLM2-135M's size, full fine-tune
@@ -442,14 +446,22 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
         )
     loads = ", ".join(f"{load[0]:.1f}" for load in eff.get("load_average", []))
     model, ppo = eff["model"], eff["ppo"]
+    dims = model["dims"]
     header = ["run", "dtype", "params", "packing", "act. ckpt", "rows x width", "padding", "tokens/s"]
     runs_table = table([*header, "plain step tokens/s", "share of plain step", "per step", "% of matmul"], rows)
+    stamp = eff.get("measured")
+    origin = (
+        f"Measured on {stamp['when']} on {stamp['cpu']} ({stamp['isa']}) by `python -m bench.efficiency` (part of "
+        "`make bench BENCH_SCALE=full`; the default scale keeps this section and section 5 as they are).\n\n"
+        if stamp
+        else ""
+    )
     return f"""## 2. Training efficiency: each stage against its plain step
 
-Model: SmolLM2-135M's transformer (hidden {model["dims"]["hidden_size"]}, {model["dims"]["num_hidden_layers"]} layers,
-{model["dims"]["num_attention_heads"]}/{model["dims"]["num_key_value_heads"]} heads, MLP
-{model["dims"]["intermediate_size"]}, tied embeddings) with this benchmark's {model["vocab_size"]}-token vocabulary,
-randomly initialised; `{eff["threads"]}` thread(s). Each stage row is the real script: `sft.py` (packed rows of up to
+{origin}Model: SmolLM2-135M's transformer (hidden {dims["hidden_size"]}, {dims["num_hidden_layers"]} layers,
+{dims["num_attention_heads"]}/{dims["num_key_value_heads"]} heads, MLP {dims["intermediate_size"]}, tied embeddings)
+with this benchmark's {model["vocab_size"]}-token vocabulary, randomly initialised; `{eff["threads"]}` thread(s).
+Each stage row is the real script: `sft.py` (packed rows of up to
 {model["seq_len"]} tokens, batch 1; `-padded`: batch 2 without packing), `reward_modeling.py` (batch 2 pairs: 4 rows
 per forward) and the update phase of `rl_training.py` (a rollout of {ppo["batch_size"]} prompts with
 {ppo["response_length"]} sampled tokens, {ppo["ppo_epochs"]} epoch(s) of minibatches of {ppo["mini_batch_size"]}, one
@@ -625,13 +637,23 @@ values, reference = reference log-probs, score = reward model, update = the PPO 
 """
 
 
+KEPT_NOTE = (
+    "Sections 2 and 5 (the stages' efficiency and the precision defaults) are not part of this run's scale: they are "
+    "kept as the last `make bench BENCH_SCALE=full` (or `python -m bench.efficiency`) wrote them, with its date and "
+    "host in section 2."
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=None, help="total make bench duration to report")
+    parser.add_argument("--scale", default=None, help="the BENCH_SCALE the run used, named in the header")
     args = parser.parse_args(argv)
     ppo, eff, scaling = load_json("ppo_vs_trl"), load_json("efficiency"), load_json("scaling")
     ppo_135m, profile = load_json("ppo_vs_trl_smollm2"), load_json("profile_update")
     generation = load_json("generation")
+    path = ROOT / "BENCHMARKS.md"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
     info = machine()
     info["threads"] = f"{os.environ.get('OMP_NUM_THREADS', info['threads'])} per benchmark process (OMP_NUM_THREADS)"
     info["load average at report time"] = "{:.1f} / {:.1f} / {:.1f} (1/5/15 min; the cores are shared)".format(
@@ -645,21 +667,37 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(ppo_135m_section(ppo_135m, profile, summary))
     if generation:
         sections.append(generation_section(generation, summary))
+    kept = []
     if eff:
-        sections.append(efficiency_section(eff, summary))
+        efficiency = marked("efficiency", efficiency_section(eff, summary))
+        precision = marked("precision", precision_section(eff, info["isa"]))
+    else:
+        efficiency, precision = extract_block(old, "efficiency"), extract_block(old, "precision")
+        kept = [b for b in (efficiency, precision) if b]
+        if efficiency:
+            summary.append(
+                [
+                    "each stage's tokens/s share of its plain step (issues #6, #12)",
+                    f">= {TARGET_PLAIN_SHARE:.0%}",
+                    "section 2, kept from its own run",
+                    "–",
+                ]
+            )
+    sections += [efficiency] if efficiency else []
     if scaling:
         sections.append(scaling_section(scaling, summary))
     if ppo:
         sections.append(breakdown_section(ppo))
-    if eff:
-        sections.append(precision_section(eff, info["isa"]))
+    sections += [precision] if precision else []
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     took = f" in {args.seconds / 60:.1f} minutes" if args.seconds else ""
+    scale = f" (`BENCH_SCALE={args.scale}`)" if args.scale else ""
+    note = f"\n\n{KEPT_NOTE}" if kept else ""
     text = f"""# Benchmarks
 
-Generated by `make bench` on {when}{took}; rerun it to regenerate this file and the plots in `bench/plots/`.
+Generated by `make bench`{scale} on {when}{took}; rerun it to regenerate this file and the plots in `bench/plots/`.
 Timings on a shared CPU are noisy: absolute seconds mean little, which is why comparisons are ratios of runs
-alternated in one session.
+alternated in one session.{note}
 
 ## Machine
 
@@ -670,13 +708,11 @@ alternated in one session.
 {table(["target", "wanted", "measured", ""], summary)}
 
 {(chr(10) * 2).join(sections)}"""
-    # The learning section comes from `make bench-learning` (bench/learning.py), not from this run: keep it.
-    old = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8") if (ROOT / "BENCHMARKS.md").is_file() else ""
-    kept = learning.extract_section(old)
-    if kept:
-        text = learning.replace_section(text, kept)
-    (ROOT / "BENCHMARKS.md").write_text(text.rstrip() + "\n", encoding="utf-8")
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    learned = extract_block(old, learning.BLOCK)  # written by `make bench-learning`, not by this run
+    if learned:
+        text = replace_block(text, learning.BLOCK, learned)
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -265,16 +265,19 @@ def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
     assert worst([no_gold])["gold_gain"] is None and "| 3 | 0.700" in table([no_gold])
 
 
-def test_learning_section_replaces_only_itself_in_benchmarks_md():
-    from bench.learning import SECTION_END, SECTION_START, extract_section, replace_section
+def test_a_marked_section_of_benchmarks_md_is_replaced_alone_and_kept_by_name():
+    from bench.common import extract_block, marked, replace_block
 
-    old = f"# Benchmarks\n\nintro\n\n{SECTION_START}\nold table\n{SECTION_END}\n\n## After\n"
-    new = f"{SECTION_START}\nnew table\n{SECTION_END}"
-    text = replace_section(old, new)
+    old = f"# Benchmarks\n\nintro\n\n{marked('learning', 'old table')}\n\n{marked('efficiency', 'eff')}\n## After\n"
+    new = marked("learning", "new table")
+    text = replace_block(old, "learning", new)
     assert "new table" in text and "old table" not in text and text.endswith("## After\n") and "intro" in text
-    assert extract_section(text) == new
-    appended = replace_section("# Benchmarks\n", new)
-    assert appended == f"# Benchmarks\n\n{new}\n" and extract_section("# Benchmarks\n") is None
+    assert extract_block(text, "learning") == new
+    assert extract_block(text, "efficiency") == "<!-- efficiency:start -->\neff\n<!-- efficiency:end -->"
+    appended = replace_block("# Benchmarks\n", "learning", new)
+    assert appended == f"# Benchmarks\n\n{new}\n" and extract_block("# Benchmarks\n", "learning") is None
+    # an end marker before the start (or none after it) is no section
+    assert extract_block("<!-- x:end --> <!-- x:start --> body", "x") is None
 
 
 def test_profile_groups_put_each_operator_in_one_group_and_shares_sum_to_one():
@@ -367,3 +370,41 @@ def test_run_measured_counts_the_child_alone_not_the_peak_of_the_process_that_sp
     assert small.returncode == 0 and small.peak_rss_mb < 100, small
     assert grown.peak_rss_mb > small.peak_rss_mb + 190, (small, grown)
     assert failed.returncode == 3
+
+
+def test_report_keeps_the_sections_other_runs_own_when_this_run_did_not_measure_them(tmp_path, monkeypatch):
+    import bench.report as report
+    from bench.common import extract_block, marked
+
+    old = "\n\n".join(
+        [
+            "# Benchmarks\n\nan older run",
+            marked("efficiency", "## 2. Training efficiency\n\nMeasured on 2026-01-01 on some CPU"),
+            "## 3. Scaling\n\nold scaling",
+            marked("precision", "## 5. Precision defaults\n\nbf16 where faster"),
+            marked("learning", "## Learning across seeds\n\nseed table"),
+        ]
+    )
+    (tmp_path / "BENCHMARKS.md").write_text(old, encoding="utf-8")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "load_json", lambda name: None)  # this run measured nothing (e.g. --scale default)
+    report.main(["--scale", "default", "--seconds", "90"])
+    text = (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    for name in ("efficiency", "precision", "learning"):
+        assert extract_block(text, name) == extract_block(old, name)
+    assert "old scaling" not in text and "an older run" not in text  # the rest is this run's
+    assert "`BENCH_SCALE=default`" in text and "in 1.5 minutes" in text and report.KEPT_NOTE in text
+    assert "| section 2, kept from its own run |" in text  # the stages' targets point at the kept section
+
+
+def test_bench_scales_choose_the_135m_comparison_and_refuse_unknown_names(monkeypatch):
+    import bench.__main__ as bench_main
+
+    default = bench_main.smollm2_comparison("default")
+    assert default[default.index("--variants") + 1] == "none" and default[default.index("--steps") + 1] == "2"
+    assert bench_main.smollm2_comparison("small") == []
+    full = bench_main.smollm2_comparison("full")
+    assert full[full.index("--variants") + 1] == "none,lora" and "--steps" not in full
+    monkeypatch.setenv("BENCH_SCALE", "huge")
+    with pytest.raises(SystemExit, match="BENCH_SCALE='huge': expected one of default, small, full"):
+        bench_main.main()
