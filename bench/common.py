@@ -146,13 +146,15 @@ def machine() -> dict[str, str]:
 class Measured:
     returncode: int
     wall_s: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the kernel's peak resident set (ru_maxrss): what `time -v` and a cluster's OOM killer see
     output: str
+    peak_anon_mb: float = float("nan")  # the highest anonymous RSS sampled (bench/launcher.py): page cache left out
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> Measured:
     """Run a command to completion; its wall time and its own peak resident memory (wait4's rusage, taken by
-    bench/launcher.py so that this process's own peak does not count: see there)."""
+    bench/launcher.py so that this process's own peak does not count: see there), and its sampled peak of anonymous
+    memory (nan where /proc has none)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with tempfile.TemporaryDirectory() as tmp:
         peak_file = Path(tmp) / "peak_kib"
@@ -165,12 +167,13 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None, log: Path |
             stderr=subprocess.STDOUT,
         )
         wall = time.perf_counter() - start
-        peak_kib = float(peak_file.read_text(encoding="utf-8")) if peak_file.exists() else float("nan")
+        peaks = peak_file.read_text(encoding="utf-8").split() if peak_file.exists() else []
+    peak_kib, anon_kib = (float(peaks[0]), float(peaks[1])) if len(peaks) >= 2 else (float("nan"), float("nan"))
     output = proc.stdout.decode("utf-8", "replace")
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(output, encoding="utf-8")
-    return Measured(proc.returncode, wall, peak_kib / 1024.0, output)
+    return Measured(proc.returncode, wall, peak_kib / 1024.0, output, (anon_kib or float("nan")) / 1024.0)
 
 
 def check(result: Measured, what: str) -> Measured:

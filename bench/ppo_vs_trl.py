@@ -114,6 +114,7 @@ def run_ours(
     return {
         "episodes_per_s": args.batch_size * (len(rows) - 1) / steady,
         "peak_rss_mb": res.peak_rss_mb,
+        "peak_anon_mb": res.peak_anon_mb,
         "wall_s": res.wall_s,
         "phases": ppo_phases(rows),
     }
@@ -143,6 +144,7 @@ def run_trl(
     return {
         "episodes_per_s": args.batch_size * (len(ends) - 1) / (ends[-1] - ends[0]),
         "peak_rss_mb": res.peak_rss_mb,
+        "peak_anon_mb": res.peak_anon_mb,
         "wall_s": res.wall_s,
     }
 
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                 "runs": runs,
                 "eps_ratio": ratio_summary([r["ours"]["episodes_per_s"] / r["trl"]["episodes_per_s"] for r in runs]),
                 "rss_ratio": ratio_summary([r["ours"]["peak_rss_mb"] / r["trl"]["peak_rss_mb"] for r in runs]),
+                "anon_ratio": ratio_summary([r["ours"]["peak_anon_mb"] / r["trl"]["peak_anon_mb"] for r in runs]),
             }
             print(json.dumps({k: v for k, v in results["variants"][name].items() if k != "runs"}), flush=True)
     floors = {

@@ -125,6 +125,14 @@ def plot_scaling(scaling: dict) -> str:
     return "bench/plots/scaling.png"
 
 
+ANON_HEADER = "anon. peak ratio"
+ANON_NOTE = (
+    "Peak RSS also counts the shared libraries' pages mapped from the page cache, whose resident share depends on the "
+    "cache's history (a freshly installed venv maps more), not on the program; the anon. peak ratio compares the "
+    "highest anonymous memory (heap and tensors; `RssAnon` sampled every 10 ms by bench/launcher.py) instead."
+)
+
+
 def ppo_targets(variant: dict, what: str, eps_target: float, rss_target: float) -> list[list[str]]:
     """The summary rows of a PPO-vs-TRL variant: episodes/s and peak RSS ratios against their targets."""
     eps, rss = variant["eps_ratio"]["median"], variant["rss_ratio"]["median"]
@@ -147,6 +155,7 @@ def ppo_cells(variant: dict, digits: int) -> list[str]:
         f"{med('ours', 'peak_rss_mb'):.0f}",
         f"{med('trl', 'peak_rss_mb'):.0f}",
         fmt_ratio(variant["rss_ratio"]),
+        fmt_ratio(variant["anon_ratio"]) if "anon_ratio" in variant else "–",
     ]
 
 
@@ -164,7 +173,7 @@ def ppo_section(ppo: dict, summary: list[list[str]]) -> str:
     if "none" in ppo["variants"]:
         summary += ppo_targets(ppo["variants"]["none"], "(full fine-tune)", TARGET_EPS, TARGET_RSS)
     header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
-    ppo_table = table([*header, "RSS ratio: median (min–max)", "RSS above import floor: ratio"], rows)
+    ppo_table = table([*header, "RSS ratio: median (min–max)", ANON_HEADER, "RSS above import floor: ratio"], rows)
     floors = ppo.get("import_floor_mb", {})
     floor_text = (
         f"The import floor (peak RSS of a process that only imports the stack's libraries) is "
@@ -184,7 +193,7 @@ each), {cfg["ppo_epochs"]} PPO epochs, exactly {cfg["response_length"]} response
 `--ignore_eos`, TRL's `stop_token=None`), fp32, {cfg["threads"]} thread(s) each, {cfg["steps"]} PPO steps per run of
 which the first is warm-up. Episodes/s is the steady state (ours: the engine's `time/ppo/total`; TRL: wall time
 between its `on_step_end` callbacks); peak RSS is each process's own maximum resident set. {cfg["rounds"]} rounds,
-the order alternating each round; ratios are ours / TRL's per round.
+the order alternating each round; ratios are ours / TRL's per round. {ANON_NOTE}
 
 {ppo_table}
 
@@ -261,7 +270,7 @@ def ppo_135m_section(ppo: dict, profile: dict | None, summary: list[list[str]]) 
     if full:
         summary += ppo_targets(full, "at 135M (full fine-tune, fp32)", TARGET_EPS_135M, TARGET_RSS_135M)
     header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
-    main_table = table([*header, "RSS ratio: median (min–max)", "load (1 min)"], rows)
+    main_table = table([*header, "RSS ratio: median (min–max)", ANON_HEADER, "load (1 min)"], rows)
     parts = [
         f"""## 1b. PPO against TRL 1.12 at SmolLM2-135M's size
 

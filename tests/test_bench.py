@@ -345,9 +345,13 @@ def test_the_135m_section_reports_each_variant_and_judges_the_full_fine_tune_tar
             "lora-bf16": variant("lora", "bf16", [run(0.5, 0.2, 2000, 4000)]),
         },
     }
+    full = ppo["variants"]["none"]
+    full["anon_ratio"] = ratio_summary([0.55, 0.59])  # runs without it (older json) show a dash
     summary: list[list[str]] = []
     text = ppo_135m_section(ppo, None, summary)
     assert "| full fine-tune, fp32 |" in text and "| LoRA, bf16 |" in text
+    assert "| 0.60 (0.59–0.61, n=2) | 0.57 (0.55–0.59, n=2) | 1.0–1.2 |" in text
+    assert "| 0.50 (0.50–0.50, n=1) | – | 1.0–1.2 |" in text
     eps, rss = summary
     assert eps[0].startswith("PPO episodes/s") and eps[2] == "2.18x" and eps[3] == "met"  # median of 2.5, 1.87
     assert rss[2] == "0.60x" and rss[3] == "met"  # median of 0.588, 0.61
@@ -370,6 +374,25 @@ def test_run_measured_counts_the_child_alone_not_the_peak_of_the_process_that_sp
     assert small.returncode == 0 and small.peak_rss_mb < 100, small
     assert grown.peak_rss_mb > small.peak_rss_mb + 190, (small, grown)
     assert failed.returncode == 3
+
+
+def test_run_measured_samples_anonymous_memory_apart_from_library_pages_mapped_from_the_page_cache(tmp_path):
+    """ru_maxrss counts file pages a process maps (shared libraries), whose resident share depends on the page cache's
+    history; the launcher's sampled anonymous peak counts the heap alone."""
+    mapped = tmp_path / "file.bin"
+    mapped.write_bytes(b"\x01" * (96 * 2**20))
+    hold = "import time; time.sleep(0.3)"
+    touch_file = (
+        f"import mmap; f = open({str(mapped)!r}, 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); "
+        f"s = sum(m[i] for i in range(0, len(m), 4096)); {hold}"
+    )
+    small = run_measured([sys.executable, "-S", "-c", hold])
+    heap = run_measured([sys.executable, "-S", "-c", f"b = b'x' * (200 * 2**20); {hold}"])
+    pages = run_measured([sys.executable, "-S", "-c", touch_file])
+    assert heap.returncode == 0 and pages.returncode == 0, (heap.output, pages.output)
+    assert heap.peak_anon_mb > small.peak_anon_mb + 190, (small, heap)
+    assert pages.peak_rss_mb > small.peak_rss_mb + 90, (small, pages)  # the kernel's peak counts the mapped file
+    assert pages.peak_anon_mb < small.peak_anon_mb + 20, (small, pages)  # the anonymous peak does not
 
 
 def test_report_keeps_the_sections_other_runs_own_when_this_run_did_not_measure_them(tmp_path, monkeypatch):
