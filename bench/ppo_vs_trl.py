@@ -17,6 +17,7 @@ warm-up, is left out); peak RSS is each process's own maximum resident set (wait
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     check,
+    machine,
     ppo_phases,
     precision_env,
     ratio_summary,
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
                 for r in variant["runs"]
             ]
         )
+    results["measured"] = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    results["measured"].update({k: v for k, v in machine().items() if k in ("cpu", "isa")})
     save_json("ppo_vs_trl" if args.dims == "tiny" else f"ppo_vs_trl_{args.dims}", results)
 
 

@@ -2,9 +2,10 @@
 
 python -m bench.report [--seconds TOTAL] [--scale default|small|full]
 
-A section whose benchmark did not run (no json in out/bench) is left out, except the marked ones other runs own:
-the stages' efficiency and precision (sections 2 and 5, ``BENCH_SCALE=full``) and the learning section
-(``make bench-learning``) are kept from the BENCHMARKS.md in place, as they were written.
+A section whose benchmark did not run (no json in out/bench) is left out, except the marked ones that other scales
+or runs own: the 135M comparison (section 1b, not at ``BENCH_SCALE=small``), the stages' efficiency and precision
+(sections 2 and 5, ``BENCH_SCALE=full``) and the learning section (``make bench-learning``) are kept from the
+BENCHMARKS.md in place, as they were written, each with its date and host.
 """
 
 from __future__ import annotations
@@ -271,16 +272,19 @@ def ppo_135m_section(ppo: dict, profile: dict | None, summary: list[list[str]]) 
         summary += ppo_targets(full, "at 135M (full fine-tune, fp32)", TARGET_EPS_135M, TARGET_RSS_135M)
     header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
     main_table = table([*header, "RSS ratio: median (min–max)", ANON_HEADER, "load (1 min)"], rows)
+    stamp = ppo.get("measured")
+    origin = f"Measured on {stamp['when']} on {stamp['cpu']} ({stamp['isa']}).\n\n" if stamp else ""
     parts = [
         f"""## 1b. PPO against TRL 1.12 at SmolLM2-135M's size
 
-`python -m bench.ppo_vs_trl --dims smollm2`: the comparison of section 1 with SmolLM2-135M's transformer (30 layers,
-hidden 576, 9/3 heads, MLP 1536; random weights, this benchmark's 4096-token vocabulary: ~108M parameters) as policy,
-reference and reward model (and TRL's value network). Prompts mean {cfg["mean_prompt_tokens"]} tokens, batch
-{cfg["batch_size"]}, minibatch {cfg["mini_batch_size"]}, {cfg["ppo_epochs"]} PPO epochs, {cfg["response_length"]}
-response tokens, {cfg["threads"]} thread(s) each, {cfg["steps"]} PPO steps per run (the first is warm-up),
-{cfg["rounds"]} rounds alternating which stack goes first. bf16 = mixed precision on both sides (autocast over fp32
-weights: ours `ACCELERATE_MIXED_PRECISION=bf16`, TRL `bf16=True`).
+{origin}`python -m bench.ppo_vs_trl --dims smollm2`: the comparison of section 1 with SmolLM2-135M's transformer
+(30 layers, hidden 576, 9/3 heads, MLP 1536; random weights, this benchmark's 4096-token vocabulary: ~108M
+parameters) as policy, reference and reward model (and TRL's value network). Prompts mean
+{cfg["mean_prompt_tokens"]} tokens, batch {cfg["batch_size"]}, minibatch {cfg["mini_batch_size"]},
+{cfg["ppo_epochs"]} PPO epochs, {cfg["response_length"]} response tokens, {cfg["threads"]} thread(s) each,
+{cfg["steps"]} PPO steps per run (the first is warm-up), {cfg["rounds"]} rounds alternating which stack goes first.
+bf16 = mixed precision on both sides (autocast over fp32 weights: ours `ACCELERATE_MIXED_PRECISION=bf16`, TRL
+`bf16=True`).
 
 {main_table}
 """
@@ -646,11 +650,17 @@ values, reference = reference log-probs, score = reward model, update = the PPO 
 """
 
 
-KEPT_NOTE = (
-    "Sections 2 and 5 (the stages' efficiency and the precision defaults) are not part of this run's scale: they are "
-    "kept as the last `make bench BENCH_SCALE=full` (or `python -m bench.efficiency`) wrote them, with its date and "
-    "host in section 2."
-)
+def kept_note(sections: list[str]) -> str:
+    """The header's line on sections this run did not measure and kept as their own runs wrote them."""
+    return (
+        f"Sections {', '.join(sections)} were not measured at this run's scale: they are kept as their own runs wrote "
+        "them (`make bench BENCH_SCALE=full`, `python -m bench.efficiency`, `python -m bench.ppo_vs_trl --dims "
+        "smollm2`), each with its date and host."
+    )
+
+
+def kept_target(what: str, wanted: str, section: str) -> list[str]:
+    return [what, wanted, f"section {section}, kept from its own run", "–"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -672,26 +682,26 @@ def main(argv: list[str] | None = None) -> None:
     sections = []
     if ppo:
         sections.append(ppo_section(ppo, summary))
+    kept: list[str] = []  # the sections this run did not measure and keeps from the BENCHMARKS.md in place
     if ppo_135m:
-        sections.append(ppo_135m_section(ppo_135m, profile, summary))
+        sections.append(marked("ppo135m", ppo_135m_section(ppo_135m, profile, summary)))
+    elif extract_block(old, "ppo135m"):
+        sections.append(extract_block(old, "ppo135m"))
+        kept.append("1b")
+        what = "PPO vs TRL 1.12 at 135M (full fine-tune, fp32)"
+        summary.append(kept_target(what, f">= {TARGET_EPS_135M}x episodes/s, <= {TARGET_RSS_135M}x RSS", "1b"))
     if generation:
         sections.append(generation_section(generation, summary))
-    kept = []
     if eff:
         efficiency = marked("efficiency", efficiency_section(eff, summary))
         precision = marked("precision", precision_section(eff, info["isa"]))
     else:
         efficiency, precision = extract_block(old, "efficiency"), extract_block(old, "precision")
-        kept = [b for b in (efficiency, precision) if b]
+        kept += ["2"] if efficiency else []
+        kept += ["5"] if precision else []
         if efficiency:
-            summary.append(
-                [
-                    "each stage's tokens/s share of its plain step (issues #6, #12)",
-                    f">= {TARGET_PLAIN_SHARE:.0%}",
-                    "section 2, kept from its own run",
-                    "–",
-                ]
-            )
+            what = "each stage's tokens/s share of its plain step (issues #6, #12)"
+            summary.append(kept_target(what, f">= {TARGET_PLAIN_SHARE:.0%}", "2"))
     sections += [efficiency] if efficiency else []
     if scaling:
         sections.append(scaling_section(scaling, summary))
@@ -701,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     took = f" in {args.seconds / 60:.1f} minutes" if args.seconds else ""
     scale = f" (`BENCH_SCALE={args.scale}`)" if args.scale else ""
-    note = f"\n\n{KEPT_NOTE}" if kept else ""
+    note = f"\n\n{kept_note(kept)}" if kept else ""
     text = f"""# Benchmarks
 
 Generated by `make bench`{scale} on {when}{took}; rerun it to regenerate this file and the plots in `bench/plots/`.

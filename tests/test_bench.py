@@ -345,11 +345,13 @@ def test_the_135m_section_reports_each_variant_and_judges_the_full_fine_tune_tar
             "lora-bf16": variant("lora", "bf16", [run(0.5, 0.2, 2000, 4000)]),
         },
     }
+    ppo["measured"] = {"when": "2026-12-05 17:49 UTC", "cpu": "AMD EPYC", "isa": "avx2, avx512f, avx512_bf16"}
     full = ppo["variants"]["none"]
     full["anon_ratio"] = ratio_summary([0.55, 0.59])  # runs without it (older json) show a dash
     summary: list[list[str]] = []
     text = ppo_135m_section(ppo, None, summary)
     assert "| full fine-tune, fp32 |" in text and "| LoRA, bf16 |" in text
+    assert "\n\nMeasured on 2026-12-05 17:49 UTC on AMD EPYC (avx2, avx512f, avx512_bf16).\n\n" in text
     assert "| 0.60 (0.59–0.61, n=2) | 0.57 (0.55–0.59, n=2) | 1.0–1.2 |" in text
     assert "| 0.50 (0.50–0.50, n=1) | – | 1.0–1.2 |" in text
     eps, rss = summary
@@ -402,6 +404,7 @@ def test_report_keeps_the_sections_other_runs_own_when_this_run_did_not_measure_
     old = "\n\n".join(
         [
             "# Benchmarks\n\nan older run",
+            marked("ppo135m", "## 1b. PPO against TRL 1.12 at SmolLM2-135M's size\n\nMeasured on 2026-01-02"),
             marked("efficiency", "## 2. Training efficiency\n\nMeasured on 2026-01-01 on some CPU"),
             "## 3. Scaling\n\nold scaling",
             marked("precision", "## 5. Precision defaults\n\nbf16 where faster"),
@@ -410,14 +413,16 @@ def test_report_keeps_the_sections_other_runs_own_when_this_run_did_not_measure_
     )
     (tmp_path / "BENCHMARKS.md").write_text(old, encoding="utf-8")
     monkeypatch.setattr(report, "ROOT", tmp_path)
-    monkeypatch.setattr(report, "load_json", lambda name: None)  # this run measured nothing (e.g. --scale default)
-    report.main(["--scale", "default", "--seconds", "90"])
+    monkeypatch.setattr(report, "load_json", lambda name: None)  # this run measured none of them
+    report.main(["--scale", "small", "--seconds", "90"])
     text = (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
-    for name in ("efficiency", "precision", "learning"):
+    for name in ("ppo135m", "efficiency", "precision", "learning"):
         assert extract_block(text, name) == extract_block(old, name)
     assert "old scaling" not in text and "an older run" not in text  # the rest is this run's
-    assert "`BENCH_SCALE=default`" in text and "in 1.5 minutes" in text and report.KEPT_NOTE in text
-    assert "| section 2, kept from its own run |" in text  # the stages' targets point at the kept section
+    assert "`BENCH_SCALE=small`" in text and "in 1.5 minutes" in text and report.kept_note(["1b", "2", "5"]) in text
+    assert "| section 2, kept from its own run |" in text  # the targets point at the kept sections
+    assert "| section 1b, kept from its own run |" in text
+    assert text.index("ppo135m:start") < text.index("efficiency:start") < text.index("precision:start")
 
 
 def test_bench_scales_choose_the_135m_comparison_and_refuse_unknown_names(monkeypatch):
