@@ -139,6 +139,18 @@ def machine() -> dict[str, str]:
     }
 
 
+def measured_stamp() -> dict[str, str]:
+    """When and on which CPU a benchmark measured, saved with its json so a section kept later still says so."""
+    import datetime as dt
+
+    info = machine()
+    return {
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": info["cpu"],
+        "isa": info["isa"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------- child processes
 
 

@@ -24,7 +24,6 @@ checkpointing. Writes out/bench/efficiency.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from bench.common import (
     build_model,
     check,
     lora_training_flops_per_token,
-    machine,
+    measured_stamp,
     precision_env,
     ratio_summary,
     run_measured,
@@ -449,10 +448,7 @@ def main(argv: list[str] | None = None) -> None:
             "runs": list(runs.values()),
             "bf16_over_fp32": bf16_ratios(fams, runs),
             "sampling": sampling,
-            "measured": {
-                "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                **{k: v for k, v in machine().items() if k in ("cpu", "isa")},
-            },
+            "measured": measured_stamp(),
         },
     )
 

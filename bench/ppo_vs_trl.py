@@ -17,7 +17,6 @@ warm-up, is left out); peak RSS is each process's own maximum resident set (wait
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     check,
-    machine,
+    measured_stamp,
     ppo_phases,
     precision_env,
     ratio_summary,
@@ -226,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in variant["runs"]
             ]
         )
-    results["measured"] = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    results["measured"].update({k: v for k, v in machine().items() if k in ("cpu", "isa")})
+    results["measured"] = measured_stamp()
     save_json("ppo_vs_trl" if args.dims == "tiny" else f"ppo_vs_trl_{args.dims}", results)
 
 

@@ -134,6 +134,11 @@ ANON_NOTE = (
 )
 
 
+def measured_on(stamp: dict) -> str:
+    """The opening of a section's origin line, from its json's ``measured`` (bench.common.measured_stamp)."""
+    return f"Measured on {stamp['when']} on {stamp['cpu']} ({stamp['isa']})"
+
+
 def ppo_targets(variant: dict, what: str, eps_target: float, rss_target: float) -> list[list[str]]:
     """The summary rows of a PPO-vs-TRL variant: episodes/s and peak RSS ratios against their targets."""
     eps, rss = variant["eps_ratio"]["median"], variant["rss_ratio"]["median"]
@@ -272,8 +277,7 @@ def ppo_135m_section(ppo: dict, profile: dict | None, summary: list[list[str]]) 
         summary += ppo_targets(full, "at 135M (full fine-tune, fp32)", TARGET_EPS_135M, TARGET_RSS_135M)
     header = ["variant", "ours ep/s", "TRL ep/s", "ep/s ratio: median (min–max)", "ours RSS MB", "TRL RSS MB"]
     main_table = table([*header, "RSS ratio: median (min–max)", ANON_HEADER, "load (1 min)"], rows)
-    stamp = ppo.get("measured")
-    origin = f"Measured on {stamp['when']} on {stamp['cpu']} ({stamp['isa']}).\n\n" if stamp else ""
+    origin = f"{measured_on(ppo['measured'])}.\n\n" if ppo.get("measured") else ""
     parts = [
         f"""## 1b. PPO against TRL 1.12 at SmolLM2-135M's size
 
@@ -462,11 +466,10 @@ def efficiency_section(eff: dict, summary: list[list[str]]) -> str:
     dims = model["dims"]
     header = ["run", "dtype", "params", "packing", "act. ckpt", "rows x width", "padding", "tokens/s"]
     runs_table = table([*header, "plain step tokens/s", "share of plain step", "per step", "% of matmul"], rows)
-    stamp = eff.get("measured")
     origin = (
-        f"Measured on {stamp['when']} on {stamp['cpu']} ({stamp['isa']}) by `python -m bench.efficiency` (part of "
-        "`make bench BENCH_SCALE=full`; the default scale keeps this section and section 5 as they are).\n\n"
-        if stamp
+        f"{measured_on(eff['measured'])} by `python -m bench.efficiency` (part of `make bench BENCH_SCALE=full`; the "
+        "default scale keeps this section and section 5 as they are).\n\n"
+        if eff.get("measured")
         else ""
     )
     return f"""## 2. Training efficiency: each stage against its plain step
@@ -683,10 +686,11 @@ def main(argv: list[str] | None = None) -> None:
     if ppo:
         sections.append(ppo_section(ppo, summary))
     kept: list[str] = []  # the sections this run did not measure and keeps from the BENCHMARKS.md in place
+    kept_135m = None if ppo_135m else extract_block(old, "ppo135m")
     if ppo_135m:
         sections.append(marked("ppo135m", ppo_135m_section(ppo_135m, profile, summary)))
-    elif extract_block(old, "ppo135m"):
-        sections.append(extract_block(old, "ppo135m"))
+    elif kept_135m:
+        sections.append(kept_135m)
         kept.append("1b")
         what = "PPO vs TRL 1.12 at 135M (full fine-tune, fp32)"
         summary.append(kept_target(what, f">= {TARGET_EPS_135M}x episodes/s, <= {TARGET_RSS_135M}x RSS", "1b"))
