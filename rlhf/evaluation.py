@@ -33,6 +33,38 @@ def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str
     }
 
 
+def minimal_pair(chosen: str, rejected: str, max_words: int = 2) -> bool:
+    """Whether two answers have the same number of words and differ in 1..``max_words`` of them ("... you get 28."
+    against "... you get 31."): a pair only a judge of content can rank, where most pairs also differ in form
+    (evasive, rude, cut off, padded)."""
+    a, b = chosen.split(), rejected.split()
+    return len(a) == len(b) and 0 < sum(x != y for x, y in zip(a, b, strict=True)) <= max_words
+
+
+def split_preference_metrics(chosen: Tensor, rejected: Tensor, content: Sequence[bool]) -> dict[str, Any]:
+    """``preference_metrics`` over all pairs, plus ``content`` and ``form``: the same over the pairs flagged in
+    ``content`` (``minimal_pair``) and over the others, each None when it has no pair. A reward model can rank
+    form at 100% with large margins and content barely above chance with margins near 0; PPO then learns form."""
+    flags = torch.tensor([bool(c) for c in content], dtype=torch.bool, device=chosen.device)
+    if flags.numel() != chosen.numel():
+        raise ValueError("one content flag per pair")
+    result: dict[str, Any] = preference_metrics(chosen, rejected)
+    for name, mask in (("content", flags), ("form", ~flags)):
+        result[name] = preference_metrics(chosen[mask], rejected[mask]) if bool(mask.any()) else None
+    return result
+
+
+def paired_gain(before: Sequence[bool], after: Sequence[bool], z: float = 1.96) -> dict[str, float]:
+    """Mean of ``after - before`` over paired yes/no outcomes (gold accuracy of PPO and SFT on the same prompts)
+    with a normal-approximation interval: a fall of one or two prompts in 77 is not evidence of anything."""
+    if len(before) != len(after) or not before:
+        raise ValueError("before and after must be non-empty and of the same length")
+    diffs = [float(b) - float(a) for a, b in zip(before, after, strict=True)]
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    half = z * math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1) / n)
+    return {"gain": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
 def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
     """How often ``a`` beats ``b`` (a tie counts half), with a Wilson score interval; shapes ``(n,)``.
 

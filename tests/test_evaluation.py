@@ -12,9 +12,12 @@ from rlhf.evaluation import (
     as_gold,
     gold_accuracy,
     matches_gold,
+    minimal_pair,
+    paired_gain,
     policy_summary,
     reward_hacking_warnings,
     sequence_kl,
+    split_preference_metrics,
     win_rate,
 )
 from rlhf.ppo.sampling import Samples, concat_samples, left_pad
@@ -142,6 +145,53 @@ def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
     assert reward_hacking_warnings({"rm": (2.0, 1.0)}, gold_sft=0.6, gold_ppo=0.4, rows=50) == []
 
 
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "expected"),
+    [
+        ("If you add 20 and 4, you get 24.", "If you add 20 and 4, you get 25.", True),  # the number only
+        ("The plural of wife is wives.", "The plural of wife is wifes.", True),
+        ("Rabat is the capital of Morocco.", "Cairo is the capital of Morocco.", True),
+        ("A B C D", "A X Y D", True),  # two words: still content
+        ("A B C D", "X Y Z D", False),  # three
+        ("It is Paris.", "I do not know.", False),  # evasive: form
+        ("2 plus 3 is 5.", "2 plus 3 is", False),  # cut off: another length
+        ("Same answer.", "Same answer.", False),  # no difference at all
+    ],
+)
+def test_minimal_pair_is_same_length_and_one_or_two_words_apart(chosen, rejected, expected):
+    assert minimal_pair(chosen, rejected) is expected
+
+
+def test_held_out_accuracy_split_into_content_and_form_pairs():
+    """A judge of form: the two form pairs ranked with wide margins, the content pairs one right and one wrong."""
+    chosen = torch.tensor([10.0, 8.0, 0.5, 1.0])
+    rejected = torch.tensor([0.0, 1.0, 0.0, 1.5])
+    result = split_preference_metrics(chosen, rejected, [False, False, True, True])
+    assert result["accuracy"] == pytest.approx(0.75) and result["pairs"] == 4
+    assert result["form"]["accuracy"] == 1.0 and result["form"]["margin_mean"] == pytest.approx(8.5)
+    assert result["content"]["accuracy"] == 0.5 and result["content"]["margin_mean"] == pytest.approx(0.0)
+    assert result["content"]["pairs"] == result["form"]["pairs"] == 2
+    only_form = split_preference_metrics(chosen, rejected, [False] * 4)
+    assert only_form["content"] is None and only_form["form"]["pairs"] == 4
+    with pytest.raises(ValueError, match="one content flag per pair"):
+        split_preference_metrics(chosen, rejected, [True])
+
+
+def test_paired_gain_of_gold_accuracy_with_its_interval():
+    # 10 prompts: PPO fixes 3, breaks 1, 6 unchanged -> gain 0.2; differences (+1 x3, -1, 0 x6) have sample
+    # variance (3 * 0.8^2 + 1.2^2 + 6 * 0.2^2) / 9 = 0.4, so the half-width is 1.96 * sqrt(0.4 / 10) = 0.392.
+    before = [False, False, False, True] + [True] * 3 + [False] * 3
+    after = [True, True, True, False] + [True] * 3 + [False] * 3
+    result = paired_gain(before, after)
+    assert result["gain"] == pytest.approx(0.2) and result["n"] == 10
+    assert result["ci_low"] == pytest.approx(0.2 - 0.392, abs=1e-3)
+    assert result["ci_high"] == pytest.approx(0.2 + 0.392, abs=1e-3)
+    same = paired_gain([True, False], [True, False])
+    assert same == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 2}
+    with pytest.raises(ValueError):
+        paired_gain([True], [])
+
+
 @pytest.mark.parametrize(("bf16", "greedy"), [(False, False), (True, False), (False, True)])
 def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
     """End to end on a tiny policy compared with itself, in fp32 and under bf16 autocast, sampled or greedy: every
@@ -202,6 +252,11 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
     assert report["gold"]["rows"] == len(gold_rows) == len(ORCA_ROWS) - 1
     sft_correct = sum(s["sft_gold"] for s in gold_rows)
     assert report["gold"]["sft"] == report["gold"]["ppo"] == pytest.approx(sft_correct / len(gold_rows))
+    assert report["gold"]["gain"] == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(gold_rows)}
+    content = sum(minimal_pair(r["chosen"], r["rejected"]) for r in ORCA_ROWS)
+    assert 0 < content < len(ORCA_ROWS)  # the tiny rows have both kinds ("2 plus 3 is 5." / "... 7.")
+    assert report["rm_heldout"]["content"]["pairs"] == content
+    assert report["rm_heldout"]["form"]["pairs"] == len(ORCA_ROWS) - content
     assert report["warnings"] == []
 
 
@@ -215,15 +270,28 @@ def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path
         "ppo": {**policy, "reward_mean_rm": 2.0},
         "win_rate_rm": {"win_rate": 0.75, "ci_low": 0.4, "ci_high": 0.9, "n": 8, "ties": 0},
         "kl_ppo_sft": {"mean": 1.0, "max": 2.0},
-        "gold": {"rows": 6, "sft": 0.5, "ppo": 1 / 3},
+        "gold": {
+            "rows": 6,
+            "sft": 0.5,
+            "ppo": 1 / 3,
+            "gain": paired_gain([True] * 3 + [False] * 3, [True] * 2 + [False] * 4),
+        },
         "warnings": reward_hacking_warnings({"rm": (1.0, 2.0)}, 0.5, 1 / 3, 6),
+        "rm_heldout": split_preference_metrics(torch.tensor([5.0, 0.2]), torch.tensor([0.0, 0.4]), [False, True]),
     }
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
     report = build_report(tmp_path).read_text()
     assert "| gold accuracy (6 prompts with ground truth) | 0.500 | 0.333 |" in report
     assert "**Warning: reward hacking? the mean reward under rm rose (1.000 -> 2.000)" in report
-    del ev["gold"], ev["warnings"]  # data without ground truth: no row, no warning
+    # one prompt of six lost: -0.167 +- 1.96 * sqrt((1/6) * (5/6) * 6/5 / 6) = +- 0.327
+    assert "| gold gain of PPO over SFT, same prompts (95% CI) | | -0.167 (-0.493 to +0.160) |" in report
+    assert (
+        "- rm on held-out pairs: strict accuracy 0.500, tie rate 0.000, mean margin 2.400 (2 pairs); pairs that "
+        "differ in one or two words (content): 0.000, mean margin -0.200 (1); the others (form): 1.000, mean "
+        "margin 5.000 (1)"
+    ) in report
+    del ev["gold"], ev["warnings"], ev["rm_heldout"]  # data without ground truth: no row, no warning
     (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
     report = build_report(tmp_path).read_text()
     assert "gold accuracy" not in report and "Warning" not in report

@@ -110,6 +110,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _content_and_form(heldout: dict) -> str:
+    """The held-out accuracy apart for pairs that differ in a word or two (content) and the others (form), when the
+    evaluation split them and both kinds exist."""
+    content, form = heldout.get("content"), heldout.get("form")
+    if not (content and form):
+        return ""
+    return (
+        f"; pairs that differ in one or two words (content): {content['accuracy']:.3f}, mean margin "
+        f"{content['margin_mean']:.3f} ({content['pairs']}); the others (form): {form['accuracy']:.3f}, mean "
+        f"margin {form['margin_mean']:.3f} ({form['pairs']})"
+    )
+
+
 def build_report(run: Path) -> Path:
     lines = [f"# RLHF run report: `{run}`", ""]
     if _pyplot() is None:
@@ -196,6 +209,12 @@ def build_report(run: Path) -> Path:
             lines.append(
                 f"| gold accuracy ({g['rows']} prompts with ground truth) | {_fmt(g['sft'])} | {_fmt(g['ppo'])} |"
             )
+            gain = g.get("gain")  # absent in evaluations written before it existed
+            if gain:
+                lines.append(
+                    f"| gold gain of PPO over SFT, same prompts (95% CI) | | {gain['gain']:+.3f} "
+                    f"({gain['ci_low']:+.3f} to {gain['ci_high']:+.3f}) |"
+                )
         lines.append(
             f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | {_fmt(ev['ppo']['length_mean'])} |"
         )
@@ -214,6 +233,7 @@ def build_report(run: Path) -> Path:
                 lines.append(
                     f"- {judge} on held-out pairs: strict accuracy {h['accuracy']:.3f}, tie rate "
                     f"{h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f} ({h['pairs']} pairs)"
+                    + _content_and_form(h)
                 )
         lines.append("")
         for warning in ev.get("warnings", []):

@@ -9,9 +9,11 @@ the PPO run's temperature unless --temperature says otherwise. Reported in ``eva
 policy under the trained reward model and under a second reward model PPO never saw (if given: reward hacking shows
 up as a gap between the two); the win rate of PPO over SFT under each, with a 95% Wilson interval (ties count
 half); KL(PPO || SFT) in nats per response; mean response length; EOS rate; and the reward model's strict held-out
-accuracy, tie rate and margin on the pairs (margins in ``margins.json``). Where the data has ground truth (a
-``gold`` column: the accepted answers, ignored by the training stages), the gold accuracy of each policy: how often
-its response contains the answer (``rlhf.evaluation.matches_gold``); a warning is logged and saved when a reward
+accuracy, tie rate and margin on the pairs (margins in ``margins.json``), also apart for the pairs whose answers
+differ in only one or two words ("content": the number, the fact) and the others ("form"). Where the data has ground
+truth (a ``gold`` column: the accepted answers, ignored by the training stages), the gold accuracy of each policy:
+how often its response contains the answer (``rlhf.evaluation.matches_gold``), and PPO's gain over SFT on the same
+prompts with a 95% interval; a warning is logged and saved when a reward
 model's mean reward rises from SFT to PPO while gold accuracy falls. ``samples.jsonl`` holds every prompt with both
 responses and their scores; ``seconds`` in evaluation.json says where the time went. Every folder and flag is
 checked, and the reward models loaded, before any generation. Works on any user's model folders.
@@ -37,10 +39,12 @@ from rlhf.evaluation import (
     as_gold,
     gold_accuracy,
     matches_gold,
+    minimal_pair,
+    paired_gain,
     policy_summary,
-    preference_metrics,
     reward_hacking_warnings,
     sequence_kl,
+    split_preference_metrics,
     win_rate,
 )
 from rlhf.models.arguments import LoadArguments
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, dict[str, torch.Tensor]] = {}
     pairs = split.train[: args.num_pairs]
     n, m = len(prompts), len(pairs)
+    content = [minimal_pair(p.chosen, p.rejected) for p in pairs]  # pairs that differ in a word or two, not in form
     for judge, scorer in scorers.items():
         # The policies' responses (their own token ids when the judge shares their tokenizer and prompt format, as
         # PPO scores them; else the text in the judge's format), then the held-out pairs in the judge's format, all
@@ -268,13 +273,16 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault(name, {})[f"reward_mean_{judge}"] = summary.pop("reward_mean")
             result[name].update(summary)
         # The reward model's own held-out ranking quality, on pairs in its own prompt format.
-        result[f"{judge}_heldout"] = preference_metrics(chosen, rejected)
+        result[f"{judge}_heldout"] = split_preference_metrics(chosen, rejected, content)
         margins[judge] = (chosen - rejected).tolist()
 
     # ------------------------------------------------------------------ ground truth
     gold = {name: gold_accuracy(samples[name].texts, golds) for name in ("sft", "ppo")}
     if gold["sft"] is not None:
         result["gold"] = {"rows": gold["sft"]["rows"], "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
+        checked = [i for i, g in enumerate(golds) if g]
+        correct = {k: [matches_gold(samples[k].texts[i], golds[i]) for i in checked] for k in ("sft", "ppo")}
+        result["gold"]["gain"] = paired_gain(correct["sft"], correct["ppo"])
         rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
         result["warnings"] = reward_hacking_warnings(
             rewards, result["gold"]["sft"], result["gold"]["ppo"], result["gold"]["rows"]
