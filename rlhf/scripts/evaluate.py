@@ -278,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ ground truth
     gold = {name: gold_accuracy(samples[name].texts, golds) for name in ("sft", "ppo")}
+    # Each response checked once against its row's gold (None: the row has none), for the gain and samples.jsonl.
+    matched = {
+        k: [matches_gold(t, g) if g else None for t, g in zip(samples[k].texts, golds, strict=True)] for k in gold
+    }
     if gold["sft"] is not None:
         result["gold"] = {"rows": gold["sft"]["rows"], "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
-        checked = [i for i, g in enumerate(golds) if g]
-        correct = {k: [matches_gold(samples[k].texts[i], golds[i]) for i in checked] for k in ("sft", "ppo")}
+        correct = {k: [m for m in matched[k] if m is not None] for k in matched}
         result["gold"]["gain"] = paired_gain(correct["sft"], correct["ppo"])
         rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
         result["warnings"] = reward_hacking_warnings(
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"question": p["question"], "sft": samples["sft"].texts[i], "ppo": samples["ppo"].texts[i]}
                 if golds[i]:
                     row["gold"] = golds[i]
-                    row.update({f"{k}_gold": matches_gold(samples[k].texts[i], golds[i]) for k in ("sft", "ppo")})
+                    row.update({f"{k}_gold": matched[k][i] for k in ("sft", "ppo")})
                 row.update({f"{j}_{k}": scores[j][k][i].item() for j in scores for k in ("sft", "ppo")})
                 handle.write(json.dumps(row) + "\n")
         (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
