@@ -295,3 +295,22 @@ def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path
     (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
     report = build_report(tmp_path).read_text()
     assert "gold accuracy" not in report and "Warning" not in report
+
+
+def test_report_splits_the_reward_model_stage_held_out_line_when_its_metrics_do(tmp_path):
+    from rlhf.pipeline.report import build_report
+
+    (tmp_path / "rm").mkdir()
+    heldout = split_preference_metrics(torch.tensor([3.0, 1.0, 0.5]), torch.tensor([0.0, 0.0, 1.0]), [0, 1, 1])
+    (tmp_path / "rm" / "metrics.json").write_text(json.dumps({"heldout": {**heldout, "split": "eval"}}))
+    report = build_report(tmp_path).read_text()
+    assert (
+        "Held-out (eval, 3 pairs): strict accuracy **0.667** (ties count as wrong), tie rate 0.000, mean margin "
+        "1.167; pairs that differ in one or two words (content): 0.500, mean margin 0.250 (2); the others (form): "
+        "1.000, mean margin 3.000 (1)."
+    ) in report
+    # metrics.json of a run before the split (or with one kind of pair only): the line as it was
+    del heldout["content"]
+    (tmp_path / "rm" / "metrics.json").write_text(json.dumps({"heldout": {**heldout, "split": "eval"}}))
+    report = build_report(tmp_path).read_text()
+    assert "tie rate 0.000, mean margin 1.167.\n" in report

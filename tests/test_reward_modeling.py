@@ -143,7 +143,10 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
     """The reward statistics are those of the trained model, scored in the precision the stage trained in (bf16
     autocast or fp32): the same scores computed here agree to that precision's rounding."""
     reward_modeling = importlib.import_module("reward_modeling")
-    data = write_rows(tmp_path / "pairs.jsonl", arithmetic_rows(6))
+    rows = arithmetic_rows(6)
+    for row in rows[::2]:  # three content pairs: the same answer with the wrong number ("0 plus 0 is 3.")
+        row["rejected"] = row["chosen"].rsplit(" ", 1)[0] + f" {int(row['chosen'].rsplit(' ', 1)[1][:-1]) + 3}."
+    data = write_rows(tmp_path / "pairs.jsonl", rows)
     out = tmp_path / "rm"
     flags = "--validation_split_percentage 0 --peft none --torch_dtype float32 --max_steps 2 --report_to none "
     flags += f"--save_strategy no --per_device_train_batch_size 2 --bf16 {bf16}"
@@ -157,7 +160,7 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
     model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     tok = AutoTokenizer.from_pretrained(str(out))
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
-    pairs = [Pair(r["system"], r["question"], r["chosen"], r["rejected"]) for r in arithmetic_rows(6)]
+    pairs = [Pair(r["system"], r["question"], r["chosen"], r["rejected"]) for r in rows]
     features = reward_features(encode_pairs(pairs, tok, PromptFormat.load(out), None))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         scores = score_sequences(
@@ -167,6 +170,12 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
     tol = 2e-2 if bf16 else 1e-5
     assert scores.mean().item() == pytest.approx(stats["mean"], abs=tol)
     assert scores.std(unbiased=False).item() == pytest.approx(stats["std"], abs=tol)
+    # the held-out metrics apart for the content pairs (rows 0, 2, 4) and the form pairs (1, 3, 5)
+    margins = scores[:6] - scores[6:]
+    assert heldout["content"]["pairs"] == heldout["form"]["pairs"] == 3
+    assert heldout["content"]["margin_mean"] == pytest.approx(margins[::2].mean().item(), abs=tol)
+    assert heldout["form"]["margin_mean"] == pytest.approx(margins[1::2].mean().item(), abs=tol)
+    assert heldout["margin_mean"] == pytest.approx(margins.mean().item(), abs=tol)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def build_report(run: Path) -> Path:
         h = rm["heldout"]
         lines += [
             f"Held-out ({h['split']}, {h['pairs']} pairs): strict accuracy **{h['accuracy']:.3f}** (ties count "
-            f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}.",
+            f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}{_content_and_form(h)}.",
             "",
         ]
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]

@@ -13,7 +13,9 @@ TRL's RewardTrainer on an ``AutoModelForSequenceClassification(num_labels=1)`` w
 dropout 0.1, as the reference) and the score head trained in full. The text is the prompt format of the input model
 (``prompt_format.json`` of an SFT folder), so PPO scores exactly what this model was trained on. After training,
 the held-out pairs (first ``--validation_split_percentage`` % of the rows) give strict accuracy (ties count as
-wrong), tie rate and margin; the mean/std of rewards there is saved as ``reward_stats.json`` for PPO to normalise.
+wrong), tie rate and margin, over all pairs and apart for content pairs (answers a word or two apart) and form
+pairs (metrics.json ``heldout.content`` / ``.form``); the mean/std of rewards there is saved as
+``reward_stats.json`` for PPO to normalise.
 The output folder loads with ``AutoModelForSequenceClassification``.
 """
 
@@ -27,7 +29,7 @@ import torch
 
 from rlhf.data.encoding import reward_features
 from rlhf.errors import UsageError
-from rlhf.evaluation import preference_metrics
+from rlhf.evaluation import minimal_pair, split_preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
@@ -104,18 +106,27 @@ def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
 def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Strict accuracy, tie rate and margin on the held-out pairs, and the reward statistics PPO normalises with."""
     # Without held-out rows, the statistics come from (at most 256) training pairs.
-    scored = reward_features(run.eval_rows or run.train_rows[:256])
+    rows = run.eval_rows or run.train_rows[:256]
+    scored = reward_features(rows)
     pad, batch = run.tokenizer.pad_token_id, run.script.eval_batch_size
     chosen = score_sequences(trainer.model, [f["chosen_ids"] for f in scored], pad, batch)
     rejected = score_sequences(trainer.model, [f["rejected_ids"] for f in scored], pad, batch)
-    heldout = {**preference_metrics(chosen, rejected), "split": "eval" if run.eval_rows else "train_subset"}
+    # content: the two answers differ in a word or two ("28" / "31"); form: the others (evasive, rude, cut off)
+    content = [minimal_pair(r["chosen"], r["rejected"]) for r in rows]
+    split = "eval" if run.eval_rows else "train_subset"
+    heldout = {**split_preference_metrics(chosen, rejected, content), "split": split}
     logger.info(
-        "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f",
+        "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f%s",
         heldout["pairs"],
         heldout["split"],
         heldout["accuracy"],
         heldout["tie_rate"],
         heldout["margin_mean"],
+        "".join(
+            f"; {kind} pairs ({part['pairs']}): accuracy {part['accuracy']:.3f}, mean margin {part['margin_mean']:.3f}"
+            for kind in ("content", "form")
+            if (part := heldout[kind])
+        ),
     )
     stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
     return {"heldout": heldout}, {STATS_FILE: stats}
