@@ -54,9 +54,10 @@ def split_preference_metrics(chosen: Tensor, rejected: Tensor, content: Sequence
     return result
 
 
-def paired_gain(before: Sequence[bool], after: Sequence[bool], z: float = 1.96) -> dict[str, float]:
-    """Mean of ``after - before`` over paired yes/no outcomes (gold accuracy of PPO and SFT on the same prompts)
-    with a normal-approximation interval: a fall of one or two prompts in 77 is not evidence of anything."""
+def paired_gain(before: Sequence[float], after: Sequence[float], z: float = 1.96) -> dict[str, float]:
+    """Mean of ``after - before`` over paired outcomes (gold accuracy of PPO and SFT on the same prompts: right or
+    wrong, or the share right of a prompt's responses) with a normal-approximation interval: a fall of one or two
+    prompts in 77 is not evidence of anything."""
     if len(before) != len(after) or not before:
         raise ValueError("before and after must be non-empty and of the same length")
     diffs = [float(b) - float(a) for a, b in zip(before, after, strict=True)]
@@ -85,6 +86,28 @@ def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
         "ci_high": min(1.0, centre + half),
         "n": n,
         "ties": int((a == b).sum().item()),
+    }
+
+
+def clustered_win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
+    """How often a response of policy ``a`` beats a response of policy ``b`` to the same prompt, shapes
+    ``(prompts, k)``: every one of the k x k pairs of a prompt is compared (a tie counts half), each prompt's share
+    weighs the same, and the 95% interval is the normal one over the prompts' shares, since prompts, not
+    responses, are the independent draws. The same rate as ``win_rate`` on one response each, measured with less
+    sampling luck."""
+    if a.shape != b.shape or a.dim() != 2 or a.numel() == 0:
+        raise ValueError("a and b must be non-empty and of the same (prompts, k) shape")
+    cross = a.double()[:, :, None] - b.double()[:, None, :]
+    share = ((cross > 0).double() + 0.5 * (cross == 0).double()).mean((1, 2))
+    n, p = share.numel(), share.mean().item()
+    half = z * share.std().item() / math.sqrt(n) if n > 1 else math.inf
+    return {
+        "win_rate": p,
+        "ci_low": max(0.0, p - half),
+        "ci_high": min(1.0, p + half),
+        "n": n,
+        "ties": int((cross == 0).sum().item()),
+        "samples_per_prompt": a.shape[1],
     }
 
 

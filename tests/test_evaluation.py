@@ -10,6 +10,7 @@ import torch
 from conftest import run_script
 from rlhf.evaluation import (
     as_gold,
+    clustered_win_rate,
     gold_accuracy,
     matches_gold,
     minimal_pair,
@@ -39,6 +40,24 @@ def test_win_rate_counts_ties_half_and_gives_the_wilson_interval():
 def test_win_rate_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         win_rate(torch.ones(3), torch.ones(4))
+
+
+def test_clustered_win_rate_compares_every_response_pair_of_a_prompt_and_takes_the_interval_over_prompts():
+    # 4 prompts, 2 responses each; per prompt, every PPO response against every SFT response (ties count half):
+    a = torch.tensor([[3.0, 1.0], [1.0, 1.0], [0.0, 0.0], [5.0, 5.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    # shares 3/4 (3-2, 3-0, 1-0 win; 1-2 loses), 3/4 (two wins, two ties), 0, 1 -> mean 0.625; their sample
+    # standard deviation is sqrt(0.5625 / 3) = 0.4330, so the half-width is 1.96 * 0.4330 / sqrt(4) = 0.4244.
+    result = clustered_win_rate(a, b)
+    assert result["win_rate"] == pytest.approx(0.625) and result["n"] == 4 and result["ties"] == 2
+    assert result["samples_per_prompt"] == 2
+    assert result["ci_low"] == pytest.approx(0.625 - 0.4244, abs=1e-4) and result["ci_high"] == 1.0  # clamped
+    # one response per prompt: the same rate and ties as win_rate (whose interval is Wilson's)
+    x, y = torch.tensor([1.0, 2.0, 0.0, 4.0, 4.0]), torch.tensor([0.0, 3.0, 0.0, 1.0, 2.0])
+    single = clustered_win_rate(x[:, None], y[:, None])
+    assert (single["win_rate"], single["ties"]) == (win_rate(x, y)["win_rate"], win_rate(x, y)["ties"]) == (0.7, 1)
+    with pytest.raises(ValueError):
+        clustered_win_rate(torch.ones(3), torch.ones(3))  # not (prompts, k)
 
 
 def test_sequence_kl_sums_log_ratios_over_real_tokens_only():
@@ -258,6 +277,46 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
     assert report["rm_heldout"]["content"]["pairs"] == content
     assert report["rm_heldout"]["form"]["pairs"] == len(ORCA_ROWS) - content
     assert report["warnings"] == []
+
+
+def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
+    """--samples_per_prompt 3 on a tiny policy compared with itself: three different responses to each prompt, the
+    same three for both policies (one sampling seed), so every prompt's 3x3 comparisons are as often won as lost:
+    win rate exactly 0.5 with no width; gold accuracy over all responses, its gain over prompts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf.pipeline.report import build_report
+    from tiny import ORCA_ROWS, write_rows
+
+    run = tmp_path / "run"
+    rm = run / "rm"
+    AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).save_pretrained(str(rm))
+    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
+    rows = [{**row, "gold": [row["chosen"].split()[0]]} for row in ORCA_ROWS]
+    data = write_rows(tmp_path / "heldout.jsonl", rows)
+    out = run / "eval"
+    result = run_script(
+        *("evaluate.py", "--sft_model", str(tiny_dir), "--ppo_model", str(tiny_dir), "--reward_model", str(rm)),
+        *("--dataset_name", str(data), "--output_dir", str(out), "--num_prompts", "4", "--max_new_tokens", "6"),
+        *("--samples_per_prompt", "3", "--temperature", "1.0", "--batch_size", "5"),  # batches across prompts
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["prompts"] == 4 and report["samples_per_prompt"] == 3
+    win = report["win_rate_rm"]
+    assert (win["win_rate"], win["ci_low"], win["ci_high"], win["n"]) == (0.5, 0.5, 0.5, 4)
+    assert win["ties"] >= 4 * 3  # at least each response against itself
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["sample"] for s in samples] == [0, 1, 2] * 4
+    assert [s["question"] for s in samples[::3]] == [r["question"] for r in ORCA_ROWS[:4]]
+    assert all(s["sft"] == s["ppo"] for s in samples)
+    assert any(len({s["sft"] for s in samples[i : i + 3]}) > 1 for i in range(0, 12, 3))  # responses differ
+    assert report["gold"]["rows"] == 4 and report["gold"]["gain"]["n"] == 4
+    assert report["gold"]["sft"] == pytest.approx(sum(s["sft_gold"] for s in samples) / 12)
+    assert report["gold"]["gain"]["gain"] == 0.0 and report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    md = build_report(run).read_text()
+    assert "(95% CI 0.500–0.500, n=4 prompts, 3×3 response pairs each, ties " in md
+    assert md.count("**Q:**") == 4  # the samples section shows one response pair per prompt
 
 
 def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path):

@@ -222,9 +222,11 @@ def build_report(run: Path) -> Path:
         lines.append("")
         for judge in judges:
             w = ev[f"win_rate_{judge}"]
+            k = w.get("samples_per_prompt", 1)  # several responses per prompt: every PPO one against every SFT one
+            n = f"n={w['n']}" if k == 1 else f"n={w['n']} prompts, {k}×{k} response pairs each"
             lines.append(
                 f"- PPO win rate over SFT under **{judge}**: {w['win_rate']:.3f} "
-                f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, n={w['n']}, ties {w['ties']})"
+                f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, {n}, ties {w['ties']})"
             )
         lines.append(f"- KL(PPO ‖ SFT): {ev['kl_ppo_sft']['mean']:.3f} nats per response (mean)")
         for judge in judges:
@@ -238,7 +240,7 @@ def build_report(run: Path) -> Path:
         lines.append("")
         for warning in ev.get("warnings", []):
             lines += [f"**Warning: {warning}**", ""]
-        samples = _jsonl(run / "eval" / "samples.jsonl")[:5]
+        samples = [s for s in _jsonl(run / "eval" / "samples.jsonl") if not s.get("sample")][:5]  # one per prompt
         if samples:
             lines += ["### Samples", ""]
             for s in samples:

@@ -4,19 +4,21 @@
         --second_reward_model out/rm2 --dataset_name data/orca_sample/heldout.jsonl --output_dir out/eval
     python evaluate.py --config eval.yaml                  (flags in a YAML file; command-line flags override it)
 
-For each held-out prompt, one response is sampled from each policy, the way PPO samples (rlhf/ppo/sampling.py), at
-the PPO run's temperature unless --temperature says otherwise. Reported in ``evaluation.json``: mean reward of each
-policy under the trained reward model and under a second reward model PPO never saw (if given: reward hacking shows
-up as a gap between the two); the win rate of PPO over SFT under each, with a 95% Wilson interval (ties count
-half); KL(PPO || SFT) in nats per response; mean response length; EOS rate; and the reward model's strict held-out
-accuracy, tie rate and margin on the pairs (margins in ``margins.json``), also apart for the pairs whose answers
-differ in only one or two words ("content": the number, the fact) and the others ("form"). Where the data has ground
-truth (a ``gold`` column: the accepted answers, ignored by the training stages), the gold accuracy of each policy:
-how often its response contains the answer (``rlhf.evaluation.matches_gold``), and PPO's gain over SFT on the same
-prompts with a 95% interval; a warning is logged and saved when a reward
-model's mean reward rises from SFT to PPO while gold accuracy falls. ``samples.jsonl`` holds every prompt with both
-responses and their scores; ``seconds`` in evaluation.json says where the time went. Every folder and flag is
-checked, and the reward models loaded, before any generation. Works on any user's model folders.
+For each held-out prompt, one response (or --samples_per_prompt of them) is sampled from each policy, the way PPO
+samples (rlhf/ppo/sampling.py), at the PPO run's temperature unless --temperature says otherwise. Reported in
+``evaluation.json``: mean reward of each policy under the trained reward model and under a second reward model PPO
+never saw (if given: reward hacking shows up as a gap between the two); the win rate of PPO over SFT under each, with
+a 95% Wilson interval (ties count half; with several responses per prompt, every PPO response is compared with every
+SFT response to the same prompt, and the interval is a normal one over the prompts' shares); KL(PPO || SFT) in nats
+per response; mean response length; EOS rate; and the reward model's strict held-out accuracy, tie rate and margin
+on the pairs (margins in ``margins.json``), also apart for the pairs whose answers differ in only one or two words
+("content": the number, the fact) and the others ("form"). Where the data has ground truth (a ``gold`` column: the
+accepted answers, ignored by the training stages), the gold accuracy of each policy: how often its response contains
+the answer (``rlhf.evaluation.matches_gold``), and PPO's gain over SFT on the same prompts with a 95% interval; a
+warning is logged and saved when a reward model's mean reward rises from SFT to PPO while gold accuracy falls.
+``samples.jsonl`` holds every prompt with both responses and their scores (one line per response pair, numbered by
+``sample``, with several per prompt); ``seconds`` in evaluation.json says where the time went. Every folder and flag
+is checked, and the reward models loaded, before any generation. Works on any user's model folders.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from rlhf.data.prompts import build_prompts
 from rlhf.errors import UsageError, run_main
 from rlhf.evaluation import (
     as_gold,
+    clustered_win_rate,
     gold_accuracy,
     matches_gold,
     minimal_pair,
@@ -83,6 +86,15 @@ class EvalArguments:
         metadata={"help": "Sampling temperature for both policies (default: the PPO run's, else 1.0)."},
     )
     greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
+    samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Responses sampled per prompt from each policy. Above 1, the win rate compares every PPO "
+            "response with every SFT response to the same prompt (the same rate as with one each, with less "
+            "sampling luck; its 95%% interval is over prompts), and gold accuracy, KL, length and EOS rate are over "
+            "all responses. Costs k times the generation and scoring."
+        },
+    )
     batch_size: int = field(
         default=16, metadata={"help": "Prompts per generation batch; sequences per reward-model forward."}
     )
@@ -99,7 +111,7 @@ class EvalArguments:
     )
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts", "num_pairs", "batch_size", "max_new_tokens"):
+        for name in ("num_prompts", "num_pairs", "batch_size", "max_new_tokens", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
         if self.temperature is not None and not self.temperature > 0:
@@ -137,7 +149,8 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float, context) -> Samples:
-    """One response per prompt, in batches of --batch_size, with a progress bar."""
+    """One response per entry of ``prompts`` (a prompt repeated k times gets k), in batches of --batch_size, with a
+    progress bar."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(args.seed)  # the same draws for both policies
@@ -199,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.sft_model, hub.token, trust_remote_code=load_args.trust_remote_code)
     fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, args.sft_model)
     prompts = build_prompts(split.train, tokenizer, fmt, limit=args.num_prompts)
-    golds = [gold_of.get((p["system"], p["question"]), []) for p in prompts]
+    each = args.samples_per_prompt
+    drawn = [p for p in prompts for _ in range(each)]  # each prompt `each` times in a row
+    golds = [gold_of.get((p["system"], p["question"]), []) for p in drawn]
     seconds: dict[str, float] = {}  # where the evaluation's time goes, saved with the results
 
     @contextmanager
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = {}
     for name, lm in lms.items():
         with timed(f"generate_{name}"):
-            samples[name] = generate_all(lm, tokenizer, prompts, args, temperature, context)
+            samples[name] = generate_all(lm, tokenizer, drawn, args, temperature, context)
     s = samples["ppo"]
     with timed("kl"), context(), torch.no_grad():
         kl = sequence_kl(
@@ -241,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         ).cpu()
 
     # ------------------------------------------------------------------ score under each reward model
-    systems, questions = [p["system"] for p in prompts], [p["question"] for p in prompts]
-    result: dict = {"prompts": len(prompts), "temperature": temperature, "greedy": args.greedy}
+    systems, questions = [p["system"] for p in drawn], [p["question"] for p in drawn]
+    result: dict = {"prompts": len(prompts), "samples_per_prompt": each, "temperature": temperature}
+    result["greedy"] = args.greedy
     result["kl_ppo_sft"] = {"mean": kl.mean().item(), "max": kl.max().item()}
     margins: dict[str, list[float]] = {}
     scores: dict[str, dict[str, torch.Tensor]] = {}
     pairs = split.train[: args.num_pairs]
-    n, m = len(prompts), len(pairs)
+    n, m = len(drawn), len(pairs)
     content = [minimal_pair(p.chosen, p.rejected) for p in pairs]  # pairs that differ in a word or two, not in form
     for judge, scorer in scorers.items():
         # The policies' responses (their own token ids when the judge shares their tokenizer and prompt format, as
@@ -267,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             all_scores = score_sequences(scorer.model, sequences, scorer.tokenizer.pad_token_id, args.batch_size)
         scores[judge] = {"sft": all_scores[:n], "ppo": all_scores[n : 2 * n]}
         chosen, rejected = all_scores[2 * n : 2 * n + m], all_scores[2 * n + m :]
-        result[f"win_rate_{judge}"] = win_rate(scores[judge]["ppo"], scores[judge]["sft"])
+        ppo, sft = scores[judge]["ppo"], scores[judge]["sft"]
+        rate = win_rate(ppo, sft) if each == 1 else clustered_win_rate(ppo.view(-1, each), sft.view(-1, each))
+        result[f"win_rate_{judge}"] = rate
         for name in ("sft", "ppo"):
             summary = policy_summary(samples[name], scores[judge][name])
             result.setdefault(name, {})[f"reward_mean_{judge}"] = summary.pop("reward_mean")
@@ -283,8 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         k: [matches_gold(t, g) if g else None for t, g in zip(samples[k].texts, golds, strict=True)] for k in gold
     }
     if gold["sft"] is not None:
-        result["gold"] = {"rows": gold["sft"]["rows"], "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
-        correct = {k: [m for m in matched[k] if m is not None] for k in matched}
+        rows = gold["sft"]["rows"] // each  # prompts with ground truth
+        result["gold"] = {"rows": rows, "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
+        # per prompt: the share of its responses that are right, paired between the policies
+        correct = {
+            name: [sum(hits[i : i + each]) / each for i in range(0, n, each) if hits[i] is not None]
+            for name, hits in matched.items()
+        }
         result["gold"]["gain"] = paired_gain(correct["sft"], correct["ppo"])
         rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
         result["warnings"] = reward_hacking_warnings(
@@ -299,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     with published(Path(args.output_dir), {"stage": "evaluation"}) as out:
         (out / "margins.json").write_text(json.dumps(margins) + "\n", encoding="utf-8")
         with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
-            for i, p in enumerate(prompts):
+            for i, p in enumerate(drawn):
                 row = {"question": p["question"], "sft": samples["sft"].texts[i], "ppo": samples["ppo"].texts[i]}
+                if each > 1:
+                    row["sample"] = i % each
                 if golds[i]:
                     row["gold"] = golds[i]
                     row.update({f"{k}_gold": matched[k][i] for k in ("sft", "ppo")})
