@@ -1,13 +1,15 @@
 """Does PPO's gain over SFT hold for every seed? ``make bench-learning`` (``python -m bench.learning``).
 
-    python -m bench.learning [--config configs/demo.json] [--seeds 0,1,2] [--output out/demo]
+    python -m bench.learning [--config configs/demo.json] [--seeds 0,1,2] [--output out/demo] [--eval_samples K]
 
 One SFT policy and one pair of reward models (the config's ``sft``, ``rm``, ``rm2`` stages, reused when already
 complete in ``--output``: after ``make demo`` only PPO and evaluation run), then for each seed PPO (``--seed S``) and
-the evaluation (sampling seed ``S``), with every other flag from the config. Each seed's win rate under the held-out
-judge (rm2, else rm) with its 95% interval, gold accuracy of SFT and PPO, KL(PPO || SFT) and PPO's EOS rate go into
-a table, with the worst seed underneath; ``out/bench/learning.json`` keeps the numbers and BENCHMARKS.md gets the
-table in its "Learning" section (``make bench`` keeps that section when it rewrites the rest).
+the evaluation (sampling seed ``S``; ``--eval_samples K``: K responses per prompt and policy, every PPO response
+compared with every SFT one, which measures the same win rate with less sampling luck), with every other flag from
+the config. Each seed's win rate under the held-out judge (rm2, else rm) with its 95% interval, gold accuracy of SFT
+and PPO with PPO's gain and its interval, KL(PPO || SFT) and PPO's EOS rate go into a table, with the worst seed
+underneath; ``out/bench/learning.json`` keeps the numbers and BENCHMARKS.md gets the table in its "Learning" section
+(``make bench`` keeps that section when it rewrites the rest).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ def seed_row(seed: int, ev: dict) -> dict:
         "ci_high": win["ci_high"],
         "n": win["n"],
         "ties": win["ties"],
+        "samples_per_prompt": win.get("samples_per_prompt", 1),
         "gold_sft": gold.get("sft"),
         "gold_ppo": gold.get("ppo"),
         "gold_rows": gold.get("rows"),
+        "gold_gain": gold.get("gain"),  # paired over prompts, with its interval (absent in older evaluations)
         "kl": ev["kl_ppo_sft"]["mean"],
         "eos_sft": ev["sft"]["eos_rate"],
         "eos_ppo": ev["ppo"]["eos_rate"],
@@ -66,18 +70,28 @@ def worst(rows: list[dict]) -> dict:
 def _gold(row: dict) -> str:
     if row["gold_sft"] is None:
         return "–"
-    return f"{row['gold_sft']:.3f} → {row['gold_ppo']:.3f} ({row['gold_rows']} prompts)"
+    text = f"{row['gold_sft']:.3f} → {row['gold_ppo']:.3f} ({row['gold_rows']} prompts"
+    gain = row.get("gold_gain")
+    if gain:
+        text += f"; gain {gain['gain']:+.3f}, {gain['ci_low']:+.3f} to {gain['ci_high']:+.3f}"
+    return text + ")"
+
+
+def _n(row: dict) -> str:
+    each = row.get("samples_per_prompt", 1)
+    return f"n={row['n']}" if each == 1 else f"n={row['n']}×{each}"
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per seed and the worst value of each column."""
     lines = [
-        "| seed | PPO win rate over SFT (95% CI, n, ties) | gold accuracy SFT → PPO | KL(PPO ‖ SFT) | EOS rate PPO |",
+        "| seed | PPO win rate over SFT (95% CI, n, ties) | gold accuracy SFT → PPO (gain, 95% CI) | KL(PPO ‖ SFT) "
+        "| EOS rate PPO |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['seed']} | {r['win_rate']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}, n={r['n']}, {r['ties']}) "
+            f"| {r['seed']} | {r['win_rate']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}, {_n(r)}, {r['ties']}) "
             f"| {_gold(r)} | {r['kl']:.2f} | {r['eos_ppo']:.3f} |"
         )
     w = worst(rows)
@@ -92,6 +106,13 @@ def table(rows: list[dict]) -> str:
 def section(result: dict) -> str:
     rows = result["seeds"]
     w = worst(rows)
+    each = rows[0].get("samples_per_prompt", 1)
+    drawn = (
+        "one response per prompt and policy"
+        if each == 1
+        else f"{each} responses per prompt and policy, every PPO response compared with every SFT one "
+        f"(n=prompts×{each})"
+    )
     met = "met" if w["win_rate"] >= TARGET_MIN_WIN_RATE else "**not met**"
     return marked(
         BLOCK,
@@ -100,7 +121,7 @@ def section(result: dict) -> str:
 Generated on {result["when"]} in {result["minutes"]:.1f} minutes ({result["host"]}; load average
 {result["load"]}). One SFT policy and one pair of reward models from `{result["config"]}`, then PPO and the
 evaluation for each seed (PPO `--seed S`, evaluation sampling seed S), every other flag from the config. Judge:
-{rows[0]["judge"]}, the reward model PPO never saw; win rate on held-out prompts, ties count half.
+{rows[0]["judge"]}, the reward model PPO never saw; win rate on held-out prompts, {drawn}, ties count half.
 
 {table(rows)}
 
@@ -130,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated PPO/evaluation seeds")
     parser.add_argument("--output", help="the pipeline folder holding (or to hold) sft/, rm/, rm2/ (default: config)")
     parser.add_argument("--force", action="store_true", help="rerun seeds whose evaluation is complete")
+    parser.add_argument(
+        "--eval_samples", type=int, default=1, help="responses per prompt and policy in each evaluation (default 1)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     config = load_config(args.config, {"output": args.output})
@@ -150,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         ppo_argv = [*stages["ppo"].argv, "--output_dir", str(folder / "ppo"), "--seed", str(seed)]
         eval_argv = [*stages["eval"].argv, "--ppo_model", str(folder / "ppo" / "final")]
         eval_argv += ["--output_dir", str(folder / "eval"), "--seed", str(seed)]
+        eval_argv += ["--samples_per_prompt", str(args.eval_samples)]
         for name, stage_argv, done in (
             (f"ppo_seed{seed}", ppo_argv, folder / "ppo" / "final"),
             (f"eval_seed{seed}", eval_argv, folder / "eval"),

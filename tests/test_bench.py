@@ -243,12 +243,13 @@ def _evaluation(win: float, low: float, gold: tuple[float, float] | None, kl: fl
         "ppo": {"eos_rate": eos},
     }
     if gold:
-        ev["gold"] = {"rows": 80, "sft": gold[0], "ppo": gold[1]}
+        gain = {"gain": gold[1] - gold[0], "ci_low": gold[1] - gold[0] - 0.1, "ci_high": gold[1] - gold[0] + 0.1}
+        ev["gold"] = {"rows": 80, "sft": gold[0], "ppo": gold[1], "gain": gain}
     return ev
 
 
 def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
-    from bench.learning import seed_row, table, worst
+    from bench.learning import section, seed_row, table, worst
 
     rows = [
         seed_row(0, _evaluation(0.78, 0.70, (0.50, 0.55), 3.1, 0.97)),
@@ -259,10 +260,21 @@ def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
     w = worst(rows)
     assert w == {"win_rate": 0.66, "ci_low": 0.58, "gold_gain": pytest.approx(-0.02), "kl": 4.2, "eos_ppo": 0.95}
     text = table(rows)
-    assert "| 1 | 0.660 (0.580–0.740, n=128, 1) | 0.520 → 0.500 (80 prompts) | 4.20 | 1.000 |" in text
+    assert (
+        "| 1 | 0.660 (0.580–0.740, n=128, 1) | 0.520 → 0.500 (80 prompts; gain -0.020, -0.120 to +0.080) | 4.20 "
+        "| 1.000 |"
+    ) in text
     assert "| **worst** | **0.660** (lowest CI bound 0.580) | -0.020 (smallest gain) | 4.20 | 0.950 |" in text
     no_gold = seed_row(3, _evaluation(0.7, 0.6, None, 1.0, 1.0))
     assert worst([no_gold])["gold_gain"] is None and "| 3 | 0.700" in table([no_gold])
+    # an evaluation with 4 responses per prompt (--eval_samples 4), and one written before the gain existed
+    ev = _evaluation(0.64, 0.6, (0.4, 0.45), 2.0, 1.0)
+    ev["win_rate_rm2"]["samples_per_prompt"] = 4
+    del ev["gold"]["gain"]
+    assert "| 4 | 0.640 (0.600–0.720, n=128×4, 1) | 0.400 → 0.450 (80 prompts) | 2.00 |" in table([seed_row(4, ev)])
+    run = {"when": "now", "minutes": 1.0, "host": "cpu", "load": "0", "config": "c.json"}
+    assert "prompts, 4 responses per prompt and policy, every PPO" in section({**run, "seeds": [seed_row(4, ev)]})
+    assert "prompts, one response per prompt and policy, ties" in section({**run, "seeds": rows})
 
 
 def test_a_marked_section_of_benchmarks_md_is_replaced_alone_and_kept_by_name():
