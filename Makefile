@@ -76,8 +76,10 @@ bench: setup
 
 # PPO + evaluation for seeds 0, 1, 2 from the demo's SFT policy and reward models (trained first if out/demo lacks
 # them) -> the "Learning across seeds" section of BENCHMARKS.md. About 25 minutes after `make demo` on 2 CPU cores.
+# More flags of bench.learning through LEARNING_FLAGS, e.g. make bench-learning LEARNING_FLAGS="--eval_samples 2".
+LEARNING_FLAGS ?=
 bench-learning: setup $(DEMO_MODEL)/.complete
-	HF_HUB_OFFLINE=1 $(PY) -m bench.learning --config configs/demo.json
+	HF_HUB_OFFLINE=1 $(PY) -m bench.learning --config configs/demo.json $(LEARNING_FLAGS)
 
 clean:
 	rm -rf out .pytest_cache
