@@ -173,15 +173,25 @@ def gold_accuracy(responses: Sequence[str], golds: Sequence[Sequence[str]]) -> d
 
 
 def reward_hacking_warnings(
-    rewards: dict[str, tuple[float, float]], gold_sft: float, gold_ppo: float, rows: int
+    rewards: dict[str, tuple[float, float]],
+    gold_sft: float,
+    gold_ppo: float,
+    rows: int,
+    gain: dict[str, float] | None = None,
 ) -> list[str]:
     """One warning per judge whose mean reward rose from SFT to PPO (``rewards[judge] = (sft, ppo)``) while gold
-    accuracy fell: the policy learned what the reward model likes, not better answers."""
+    accuracy fell: the policy learned what the reward model likes, not better answers. With ``gain``
+    (``paired_gain``), the warning also says whether the fall is larger than the sampling noise."""
     if not gold_ppo < gold_sft:
         return []
+    noise = ""
+    if gain is not None:
+        beyond = "beyond" if gain["ci_high"] < 0 else "within"
+        interval = f"{gain['ci_low']:+.3f} to {gain['ci_high']:+.3f}"
+        noise = f"; gain {gain['gain']:+.3f}, 95% interval {interval}: {beyond} the sampling noise"
     return [
         f"reward hacking? the mean reward under {judge} rose ({before:.3f} -> {after:.3f}) while gold accuracy fell "
-        f"({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth)"
+        f"({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth{noise})"
         for judge, (before, after) in rewards.items()
         if after > before
     ]

@@ -162,6 +162,14 @@ def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
     assert reward_hacking_warnings(rewards, gold_sft=0.4, gold_ppo=0.6, rows=50) == []  # answers got better
     assert reward_hacking_warnings(rewards, gold_sft=0.5, gold_ppo=0.5, rows=50) == []
     assert reward_hacking_warnings({"rm": (2.0, 1.0)}, gold_sft=0.6, gold_ppo=0.4, rows=50) == []
+    # with PPO's paired gain, the warning says whether the fall is more than the sampling noise
+    small = {"gain": -0.2, "ci_low": -0.45, "ci_high": 0.05}
+    (within,) = reward_hacking_warnings(rewards, 0.6, 0.4, 50, small)
+    assert within.endswith(
+        "50 prompts with ground truth; gain -0.200, 95% interval -0.450 to +0.050: within the sampling noise)"
+    )
+    (beyond,) = reward_hacking_warnings(rewards, 0.6, 0.4, 50, {**small, "ci_high": -0.01})
+    assert beyond.endswith("interval -0.450 to -0.010: beyond the sampling noise)")
 
 
 @pytest.mark.parametrize(

@@ -310,9 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         result["gold"]["gain"] = paired_gain(correct["sft"], correct["ppo"])
         rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
-        result["warnings"] = reward_hacking_warnings(
-            rewards, result["gold"]["sft"], result["gold"]["ppo"], result["gold"]["rows"]
-        )
+        g = result["gold"]
+        result["warnings"] = reward_hacking_warnings(rewards, g["sft"], g["ppo"], g["rows"], g["gain"])
         for warning in result["warnings"]:
             logger.warning(warning)
     result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
