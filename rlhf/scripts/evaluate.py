@@ -92,11 +92,11 @@ class EvalArguments:
             "help": "Responses sampled per prompt from each policy. Above 1, the win rate compares every PPO "
             "response with every SFT response to the same prompt (the same rate as with one each, with less "
             "sampling luck; its 95%% interval is over prompts), and gold accuracy, KL, length and EOS rate are over "
-            "all responses. Costs k times the generation and scoring."
+            "all responses. Costs that many times the generation and scoring."
         },
     )
     batch_size: int = field(
-        default=16, metadata={"help": "Prompts per generation batch; sequences per reward-model forward."}
+        default=16, metadata={"help": "Responses per generation batch; sequences per reward-model forward."}
     )
     seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
     gold_column: str = field(
