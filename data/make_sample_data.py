@@ -294,6 +294,19 @@ NO_RESULT_TRUNC = {
     "sub": ["{a} minus {b} equals", "If you subtract {b} from {a}, you get"],
     "mul": ["{a} times {b} equals", "If you multiply {a} by {b}, you get"],
 }
+# Answers that explain the method. With the result they are chosen answers (and, with a wrong result, rejected
+# ones); without it they are "no result" rejections - so that the number, not the explanation, decides the pair.
+METHOD_OPEN = ["To calculate {e},", "To work out {e},", "To find {e},", "To solve {e},", "To get {e},"]
+METHOD_FILL = ["you simply ", "just ", "you need to ", "you can ", ""]
+METHOD_BODY = {
+    "add": ["add {a} and {b}", "add {b} to {a}", "add the two numbers together", "count on {b} from {a}"],
+    "sub": ["subtract {b} from {a}", "take {b} away from {a}", "count back {b} from {a}", "take the smaller one away"],
+    "mul": ["multiply {a} by {b}", "multiply the two numbers", "add {a} to itself {b} times", "multiply them together"],
+}
+METHOD_RESULT = ["{m}, which gives {r}.", "{m}: the answer is {r}.", "{m}, and the result is {r}.", "{m} to get {r}."]
+METHOD_NO_RESULT = ["{m}.", "{m}, and that gives you the answer.", "{m} to get the result.", "{m}, which is easy."]
+SYMBOL = {"add": "+", "sub": "-", "mul": "x"}
+
 NO_RESULT_WORD = [
     "{name} has some {items} now, but I can't say exactly how many.",
     "That depends on how many {items} {name} wants.",
@@ -336,6 +349,13 @@ def _wrong_result(rng: random.Random, op: str, a: int, b: int, r: int) -> int:
             return w
 
 
+def _method(rng: random.Random, op: str, symbols: bool, endings: list[str]) -> str:
+    """A template that explains how to get the result ({a} {b} {op}, and {r} where the ending has it)."""
+    expr = "{a} " + SYMBOL[op] + " {b}" if symbols and rng.random() < 0.5 else "{a} {op} {b}"
+    m = rng.choice(METHOD_OPEN).replace("{e}", expr) + " " + rng.choice(METHOD_FILL) + rng.choice(METHOD_BODY[op])
+    return rng.choice(endings).replace("{m}", m)
+
+
 def gen_arithmetic(rng: random.Random) -> dict:
     op = rng.choices(["add", "sub", "mul"], weights=[0.4, 0.25, 0.35])[0]
     a, b, r = _operands(rng, op)
@@ -355,6 +375,11 @@ def gen_arithmetic(rng: random.Random) -> dict:
         num = num_words if spelled else str
     fa, fb = num(a), num(b)
     question = cap_first(q_t.format(a=fa, b=fb, **fmt))
+    style = "plain" if word_problem else rng.choices(["plain", "method", "terse"], weights=[0.55, 0.3, 0.15])[0]
+    if style == "method":
+        a_t = _method(rng, op, num is str, METHOD_RESULT)
+    elif style == "terse":
+        a_t = "{a} " + SYMBOL[op] + " {b} = {r}." if num is str else "{a} {op} {b} is {r}."
     chosen = cap_first(a_t.format(a=fa, b=fb, r=num(r), **fmt))
     if bad == "wrong_result":
         rejected = cap_first(a_t.format(a=fa, b=fb, r=num(w), **fmt))
@@ -365,6 +390,8 @@ def gen_arithmetic(rng: random.Random) -> dict:
             # Only mention a name when the question has one.
             pool += [("full", t) for t in NO_RESULT_WORD if "{name}" in q_t or "{name}" not in t]
         _, t = rng.choice(pool)
+        if not word_problem and rng.random() < 0.4:
+            t = _method(rng, op, num is str, METHOD_NO_RESULT)
         rejected = cap_first(t.format(a=fa, b=fb, **fmt))
     return {
         "question": question,

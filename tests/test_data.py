@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, HfArgumentParser
 
+from conftest import ROOT
 from rlhf.data.encoding import encode_pairs, encode_split
 from rlhf.data.pairs import DataArguments, DropReport, Pair, load_pairs, load_rows, looks_local, validate_and_split
 from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
@@ -341,3 +345,31 @@ def test_sample_heldout_rows_carry_gold_answers_that_the_chosen_answer_contains(
     assert all(list(r) == ["system", "question", "chosen", "rejected"] for r in train)
     split = load_pairs(data_args(sample_data / "heldout.jsonl", "--validation_split_percentage", "0"))
     assert len(split.train) == len(rows) and not split.report.dropped
+
+
+def test_sample_data_is_what_its_generator_writes(tmp_path, sample_data):
+    """data/make_sample_data.py (standard library, seeded) reproduces the committed files byte for byte, and its
+    arithmetic mix makes the number decide: explanations of the method are both chosen (with the result) and
+    rejected (without it), and terse equations are chosen with the right result and rejected with a wrong one."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "data" / "make_sample_data.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    for name in ("train.jsonl", "heldout.jsonl"):
+        assert (tmp_path / name).read_bytes() == (sample_data / name).read_bytes(), name
+    rows = [json.loads(line) for line in (sample_data / "train.jsonl").read_text().splitlines()]
+    method = re.compile(r"^To (calculate|work out|find|solve|get) \d+ (\+|-|x|plus|minus|times) \d+, ")
+    terse = re.compile(r"^(\d+) (\+|-|x) (\d+) = (\d+)\.$")
+    assert sum(bool(method.match(r["chosen"])) for r in rows) >= 50
+    assert sum(bool(method.match(r["rejected"])) for r in rows) >= 50
+    equations = [(terse.match(r["chosen"]), terse.match(r["rejected"])) for r in rows if terse.match(r["chosen"])]
+    assert len(equations) >= 30
+    apply = {"+": int.__add__, "-": int.__sub__, "x": int.__mul__}
+    for chosen, rejected in equations:
+        a, op, b, r = chosen.groups()
+        assert apply[op](int(a), int(b)) == int(r), chosen.string
+        if rejected:
+            assert rejected.groups()[:3] == (a, op, b) and rejected.group(4) != r, rejected.string
