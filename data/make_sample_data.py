@@ -9,8 +9,10 @@ existing data set.
 Four kinds of pairs are generated (see ``KIND_SHARE``):
 
 * ``arithmetic``  - small sums, differences and products asked in varied ways;
-  ``chosen`` states the correct result in a complete sentence, ``rejected``
-  states a result that is off by a little, or gives no result at all.
+  ``chosen`` states the correct result in a complete sentence, a bare
+  equation, or an explanation of the method; ``rejected`` states a result
+  that is off by a little, or gives no result at all (evasive, cut off, or
+  the same kind of explanation without the number).
 * ``facts``       - capitals, counts, colours, opposites, plurals, past tenses
   and animal sounds from small hand-written tables; ``rejected`` is wrong.
 * ``helpfulness`` - ``chosen`` answers directly and completely; ``rejected`` is
