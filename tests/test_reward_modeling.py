@@ -259,3 +259,36 @@ def test_reference_command_under_torchrun_trains_keeps_the_token_out_and_rank_0_
     assert scores.mean().item() == pytest.approx(stats["mean"], abs=2e-3)
     assert (scores[:2] - scores[2:]).mean().item() == pytest.approx(metrics["heldout"]["margin_mean"], abs=2e-3)
     assert PromptFormat.load(out).kind == "chat"
+
+
+@pytest.mark.parametrize("weights", ["bf16", "fp32 under bf16 autocast"])
+def test_the_score_head_computes_in_float32_so_distinct_responses_do_not_tie(tiny_dir, weights):
+    """A bf16 score keeps 8 bits of mantissa, so different responses tie (a tie counts as a half win and as a wrong
+    ranking in held-out accuracy). score_head_in_fp32, which load_scorer applies, computes the head's projection in
+    float32 from the same hidden states: every distinct sequence gets its own score, the float32 dot product."""
+    from contextlib import nullcontext
+
+    from rlhf.models.reward import score_head_in_fp32
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1, dtype=dtype)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)  # scores of a few units, like a trained reward model's
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    sequences = [tok(f"{a} plus {b} is {a + b}.<|im_end|>")["input_ids"] for a in range(20) for b in range(10)]
+    context = nullcontext if weights == "bf16" else lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    keys = sorted(model.state_dict())
+    with context():
+        rounded = score_sequences(model, sequences, tok.pad_token_id)
+        score_head_in_fp32(model)
+        exact = score_sequences(model, sequences, tok.pad_token_id)
+        ids = torch.tensor(sequences[:1])
+        hidden = model.model(input_ids=ids).last_hidden_state[0, -1]
+    assert len(set(rounded.tolist())) < len(sequences)  # bf16 scores tie
+    assert len(set(exact.tolist())) == len(sequences)  # float32 scores do not
+    expected = hidden.float() @ model.score.weight.float()[0]
+    torch.testing.assert_close(exact[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(exact, rounded, atol=0.1, rtol=0.02)  # the same scores, only finer
+    assert sorted(model.state_dict()) == keys  # same module, same names: nothing else changes
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == dtype  # the rest of the model keeps its precision

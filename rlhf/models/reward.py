@@ -126,6 +126,30 @@ class RewardScorer:
         return score_sequences(self.model, sequences, self.tokenizer.pad_token_id, batch_size=len(sequences))
 
 
+def score_head_in_fp32(model: nn.Module) -> nn.Module:
+    """``model`` (a sequence classifier) with its score head computing in float32, from float32 hidden states and
+    outside any autocast; the rest of the model keeps its precision.
+
+    A bf16 score (bf16 weights, or float32 weights under bf16 autocast) has 8 bits of mantissa: two different
+    responses whose scores differ by less than 1/128 of their size get the same score, which counts as a tie in win
+    rates and held-out accuracy, and wastes the reward's resolution in PPO. The head is one ``hidden -> 1``
+    projection, so computing it in float32 costs nothing. Heads that are not a plain ``nn.Linear`` named ``score``
+    (quantized layers, other architectures) are left as they are.
+    """
+    head = getattr(model, "score", None)
+    if type(head) is not nn.Linear:
+        return model
+    head.float()
+    linear = head.forward
+
+    def forward(hidden: Tensor) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return linear(hidden.float())
+
+    head.forward = forward  # an instance attribute: the module, its name and its state dict keys stay the same
+    return model
+
+
 def load_scorer(
     name: str,
     *,
@@ -153,4 +177,4 @@ def load_scorer(
         flag=flag,
     )
     fmt = PromptFormat.load(name) or fallback_format or resolve_prompt_format("auto", tokenizer, None)
-    return RewardScorer(frozen(model, device), tokenizer, fmt)
+    return RewardScorer(frozen(score_head_in_fp32(model), device), tokenizer, fmt)
