@@ -270,11 +270,11 @@ def test_the_score_head_computes_in_float32_so_distinct_responses_do_not_tie(tin
 
     from rlhf.models.reward import score_head_in_fp32
 
-    torch.manual_seed(0)
     dtype = torch.bfloat16 if weights == "bf16" else torch.float32
-    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1, dtype=dtype)
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)  # scores of a few units, like a trained reward model's
+    with torch.random.fork_rng(devices=[]):  # the new head's random init must not move the suite's global RNG
+        model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1, dtype=dtype)
+    with torch.no_grad():  # scores of a few units, like a trained reward model's
+        model.score.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     sequences = [tok(f"{a} plus {b} is {a + b}.<|im_end|>")["input_ids"] for a in range(20) for b in range(10)]
     context = nullcontext if weights == "bf16" else lambda: torch.autocast("cpu", dtype=torch.bfloat16)
