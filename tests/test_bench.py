@@ -448,3 +448,28 @@ def test_bench_scales_choose_the_135m_comparison_and_refuse_unknown_names(monkey
     monkeypatch.setenv("BENCH_SCALE", "huge")
     with pytest.raises(SystemExit, match="BENCH_SCALE='huge': expected one of default, small, full"):
         bench_main.main()
+
+
+def test_the_shared_layers_benchmark_runs_both_engines_and_finds_the_same_log_probs(tmp_path, monkeypatch, capsys):
+    """bench.shared_layers end to end at the tiny size (one round, one measured step): both engines run, the
+    sharing one computes the two layers below the LoRA once per rollout, each phase gets a ratio, and the two runs'
+    log-probs agree to float32 rounding."""
+    import json
+
+    import bench.common
+    from bench import shared_layers
+
+    monkeypatch.setattr(bench.common, "OUT", tmp_path)
+    old_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng():  # the benchmark seeds the global generator
+            assert shared_layers.main(["--dims", "tiny", "--lora_layers", "2-3", "--rounds", "1", "--steps", "2"]) == 0
+    finally:
+        torch.set_num_threads(old_threads)
+    result = json.loads((tmp_path / "shared_layers.json").read_text(encoding="utf-8"))
+    assert result["shared_layers"] == 2
+    assert set(result["ratio_shared_to_full"]) == {"policy_forward", "reference", "score", "update", "total"}
+    assert all(r["n"] == 1 and r["median"] > 0 for r in result["ratio_shared_to_full"].values())
+    assert result["max_abs_logprob_difference"] <= 1e-5
+    assert "shared/full" in capsys.readouterr().out

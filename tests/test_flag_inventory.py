@@ -177,6 +177,7 @@ PPO_FLAGS = {
     "sampling": {
         "temperature", "output_max_length", "response_length", "ignore_eos", "max_prompt_length",
         "forward_batch_size", "static_shapes", "fold_lora_for_sampling",
+        "share_frozen_layers",  # test_ppo_engine: test_frozen_layers_run_once_per_rollout_and_the_step_is_the_same
     },
     "precision": {"bf16", "fp16"},
 }  # fmt: skip

@@ -89,6 +89,7 @@ def make_engine(
     lr: float = 1.41e-5,
     peft: bool = True,
     mixed_precision: str = "no",
+    lora_layers: str | None = None,
     **overrides,
 ) -> PPOEngine:
     """The objects rl_training.main builds, on one CPU process (``mixed_precision``: no or bf16 autocast)."""
@@ -112,7 +113,8 @@ def make_engine(
     if peft:
         from peft import get_peft_model
 
-        lm = get_peft_model(lm, PPOModelArguments(model_name_or_path=str(model_dir)).peft_config("CAUSAL_LM"))
+        args = PPOModelArguments(model_name_or_path=str(model_dir), lora_layers=lora_layers)
+        lm = get_peft_model(lm, args.peft_config("CAUSAL_LM"))
     else:
         import copy
 
@@ -1035,3 +1037,152 @@ def test_engine_samples_the_same_with_and_without_folding(engine_factory, tokeni
         runs[fold] = engine.rollout(prompts(tokenizer, fmt))
     assert torch.equal(runs[True].input_ids, runs[False].input_ids)
     torch.testing.assert_close(runs[True].logprobs, runs[False].logprobs, rtol=0, atol=TOL)
+
+
+# ---------------------------------------------------------------------------------------------------- frozen layers
+# A LoRA on the top layers leaves the bottom ones frozen and adapter-free: the rollout computes them once and the
+# policy, reference and update forwards start from their output (--share_frozen_layers, on by default).
+
+
+@pytest.fixture(scope="module")
+def four_layer_dir(tmp_path_factory, tokenizer) -> Path:
+    return build_llama(tmp_path_factory.mktemp("four_layers"), tokenizer, layers=4, seed=3)
+
+
+class LayerCalls:
+    """Counts the forwards of each real decoder layer of an engine's policy, by phase (generate, rollout,
+    update): forward hooks on the layer modules themselves, so a layer that is skipped is not counted."""
+
+    def __init__(self, engine: PPOEngine) -> None:
+        from rlhf.ppo.models import decoder_layers
+
+        self.phase, self.counts = "rollout", {}
+        layers = decoder_layers(engine.unwrapped.lm)
+        self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(layers)]
+        for phase, method in (("generate", "_generate"), ("update", "update")):
+            setattr(engine, method, self._in_phase(phase, getattr(engine, method)))
+
+    def _hook(self, index: int):
+        def hook(module, args, output):
+            key = (self.phase, index)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+        return hook
+
+    def _in_phase(self, phase: str, fn):
+        def wrapped(*args, **kwargs):
+            previous, self.phase = self.phase, phase
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.phase = previous
+
+        return wrapped
+
+    def __call__(self, phase: str, index: int) -> int:
+        return self.counts.get((phase, index), 0)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_frozen_prefix_depth_counts_the_untouched_bottom_layers(four_layer_dir):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.ppo.models import frozen_prefix_depth
+
+    def depth(lora_layers, peft=True):
+        lm = AutoModelForCausalLM.from_pretrained(str(four_layer_dir))
+        if not peft:
+            return frozen_prefix_depth(lm)
+        args = PPOModelArguments(model_name_or_path=str(four_layer_dir), lora_layers=lora_layers)
+        return frozen_prefix_depth(get_peft_model(lm, args.peft_config("CAUSAL_LM")))
+
+    assert depth("2-3") == 2
+    assert depth("1,3") == 1  # layer 2 is frozen but runs after the adapted layer 1
+    assert depth("0-3") == 0 and depth(None) == 0 and depth("0") == 0
+    assert depth(None, peft=False) == 0  # everything trains
+    lm = AutoModelForCausalLM.from_pretrained(str(four_layer_dir)).requires_grad_(False)
+    assert frozen_prefix_depth(lm) == 0  # nothing adapted: nothing to share
+    lm.model.layers[3].requires_grad_(True)
+    assert frozen_prefix_depth(lm) == 3
+    lm.get_input_embeddings().requires_grad_(True)  # trained embeddings change every layer's input
+    assert frozen_prefix_depth(lm) == 0
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_frozen_layers_run_once_per_rollout_and_the_step_is_the_same(
+    four_layer_dir, tokenizer, fmt, reward_model, mixed_precision
+):
+    """LoRA on layers 2-3 of 4: with sharing, layers 0-1 run once per rollout chunk (plus the first step's check)
+    and never in the reference or the update; the rollout and the update give what full forwards
+    give: log-probs, values, reference log-probs, losses and the trained weights."""
+    runs = {}
+    for share in (True, False):
+        scorer = RewardScorer(reward_model, tokenizer, fmt)
+        engine = make_engine(
+            four_layer_dir,
+            tokenizer,
+            scorer,
+            lr=3e-3,
+            lora_layers="2-3",
+            mixed_precision=mixed_precision,
+            share_frozen_layers=share,
+            forward_batch_size=5,
+        )
+        assert engine.prefix_depth == (2 if share else 0)
+        initial = _trainable(engine)
+        calls = LayerCalls(engine)
+        try:
+            stats, rollout = engine.step(prompts(tokenizer, fmt))
+        finally:
+            calls.close()
+        runs[share] = stats, rollout, _trainable(engine), calls
+    (stats, ro, weights, calls), (stats_full, ro_full, weights_full, calls_full) = runs[True], runs[False]
+    cfg = engine.config
+    updates = cfg.ppo_epochs * cfg.batch_size // cfg.mini_batch_size
+    chunks = 2  # 8 rows in chunks of 5 and 3; the first step's check adds a full and a replayed forward of one
+    assert [calls("rollout", i) for i in range(4)] == [chunks + 1] * 2 + [2 * chunks + 2] * 2
+    assert [calls("update", i) for i in range(4)] == [0, 0, updates, updates]
+    assert [calls_full("rollout", i) for i in range(4)] == [2 * chunks] * 4
+    assert [calls_full("update", i) for i in range(4)] == [updates] * 4
+    assert ro.prefix is not None and ro.prefix.shape[:2] == ro.input_ids.shape and ro_full.prefix is None
+
+    # The same samples (same seed, same weights); forwards that start from the stored states agree with full ones
+    # to the rounding of the dtype under test (the update's minibatches see the prefix computed on other shapes).
+    assert torch.equal(ro.input_ids, ro_full.input_ids)
+    tol = TOL if mixed_precision == "no" else 3e-2
+    for name in ("logprobs", "ref_logprobs", "values", "advantages"):
+        torch.testing.assert_close(getattr(ro, name), getattr(ro_full, name), rtol=0, atol=tol, msg=name)
+    for key in ("loss/policy_avg", "loss/value_avg", "policy/approxkl_avg", "objective/kl"):
+        assert stats[key] == pytest.approx(stats_full[key], abs=tol), key
+    assert stats["policy/first_minibatch_max_abs_logratio"] <= tol
+    if mixed_precision == "no":  # under bf16, Adam's normalised steps turn rounding in near-zero gradients into
+        # whole steps of either sign: the losses above are the comparison there
+        moved = max(float((w - initial[name]).abs().max()) for name, w in weights.items())
+        gap = max(float((w - weights_full[name]).abs().max()) for name, w in weights.items())
+        assert gap <= 1e-4 < moved / 10  # the step trained (by ~1e-2) and both ways alike
+
+
+def test_a_model_the_replay_does_not_fit_falls_back_to_full_forwards(
+    four_layer_dir, tokenizer, fmt, reward_model, monkeypatch, caplog
+):
+    """The first step checks that starting from the stored states reproduces a full forward. A replay that does
+    not (here: states deliberately shifted, standing in for an architecture whose layers it does not fit) turns
+    sharing off with a warning, and that step's rollout is the full forwards' one."""
+    import rlhf.ppo.engine as engine_module
+
+    real = engine_module.prefix_replayed
+    monkeypatch.setattr(engine_module, "prefix_replayed", lambda m, d, hidden, t: real(m, d, hidden + 1.0, t))
+    scorer = RewardScorer(reward_model, tokenizer, fmt)
+    engine = make_engine(four_layer_dir, tokenizer, scorer, lora_layers="2-3")
+    with caplog.at_level("WARNING", logger="rlhf.ppo.engine"):
+        rollout = engine.rollout(prompts(tokenizer, fmt))
+    assert engine.prefix_depth == 0 and rollout.prefix is None
+    assert "computing every forward in full" in caplog.text
+    full = make_engine(four_layer_dir, tokenizer, scorer, lora_layers="2-3", share_frozen_layers=False)
+    expected = full.rollout(prompts(tokenizer, fmt))
+    torch.testing.assert_close(rollout.logprobs, expected.logprobs, rtol=0, atol=TOL)
+    torch.testing.assert_close(rollout.ref_logprobs, expected.ref_logprobs, rtol=0, atol=TOL)

@@ -128,6 +128,16 @@ class PPOConfig:
             "fp32 single-device or DDP runs on CPU/CUDA; costs one extra copy of the adapted weights while sampling."
         },
     )
+    share_frozen_layers: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the decoder layers below the first adapted one (layers 0-17 with --lora_layers 18-29) "
+            "once per rollout and start the policy, reference and every update forward from their output: they are "
+            "frozen and adapter-free, so the results are the same (checked against a full forward at the first "
+            "step) with less compute. Applies to LoRA policies on CPU/CUDA, single-device or DDP; keeps one "
+            "(batch, length, hidden) tensor per step."
+        },
+    )
     static_shapes: bool = field(
         default=False,
         metadata={

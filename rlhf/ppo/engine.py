@@ -47,6 +47,9 @@ from rlhf.ppo.models import (
     adapter_folded,
     causal_lm_logprobs,
     foldable_lora_layers,
+    frozen_prefix_depth,
+    frozen_prefix_hidden,
+    prefix_replayed,
     response_logprobs,
 )
 from rlhf.ppo.sampling import Samples, sample
@@ -78,6 +81,7 @@ class Rollout:
     kl: Tensor
     advantages: Tensor  # whitened
     returns: Tensor
+    prefix: Tensor | None = None  # (B, L, H): the frozen bottom layers' output (--share_frozen_layers), or None
 
     # The samples' fields, read often enough to be spelled directly.
     input_ids = property(lambda self: self.samples.input_ids)
@@ -129,6 +133,8 @@ class PPOEngine:
         self.first_minibatch_max_abs_logratio: float | None = None
         self.nonfinite_updates_skipped = 0
         self.episodes = 0  # prompts trained on, all processes together
+        self.prefix_depth = self._shareable_prefix_depth()  # frozen bottom layers computed once per rollout
+        self._prefix_checked, self._prefix_tuples = False, False
 
     @property
     def unwrapped(self) -> PolicyWithValue:
@@ -150,9 +156,10 @@ class PPOEngine:
         with self._timed("generate"):
             samples = self._generate([b["prompt_ids"] for b in batch])
         with self._timed("policy_forward"):
-            logprobs, values, entropy = self._policy_forward(samples)
+            prefix = self._frozen_prefix(samples)
+            logprobs, values, entropy = self._policy_forward(samples, prefix)
         with self._timed("reference"):
-            ref_logprobs = self._reference_forward(samples)
+            ref_logprobs = self._reference_forward(samples, prefix)
         with self._timed("score"):
             raw_scores = self._score(batch, samples).to(logprobs.device)
         # A non-finite score means a broken reward model, not a bad minibatch: stop before any update, on every rank.
@@ -184,6 +191,7 @@ class PPOEngine:
             kl=kl,
             advantages=masked_whiten(advantages, mask),
             returns=returns,
+            prefix=prefix,
         )
 
     def response_length(self) -> int:
@@ -236,13 +244,79 @@ class PPOEngine:
         size = self.config.forward_batch_size or n
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def _policy_forward(self, s: Samples) -> tuple[Tensor, Tensor, Tensor]:
-        """Old log-probs, values and entropy of the response tokens: one policy forward per chunk."""
+    def _shareable_prefix_depth(self) -> int:
+        """How many bottom decoder layers the rollout computes once for all of a step's forwards
+        (--share_frozen_layers): those below the first adapted layer of a LoRA policy, on a CPU or GPU with whole
+        parameters on this process (not FSDP/ZeRO-3, nor Gaudi graphs, which capture the layers as they are); 0
+        for none."""
+        acc = self.accelerator
+        if not self.config.share_frozen_layers or acc.device.type not in ("cpu", "cuda") or shards_parameters(acc):
+            return 0
+        return frozen_prefix_depth(self.unwrapped.lm)
+
+    def _frozen_prefix(self, s: Samples) -> Tensor | None:
+        """The output of the frozen bottom layers for the whole rollout, ``(B, L, H)``, or None when not sharing.
+        At the first step, a full policy forward of the first chunk checks that starting from it gives the same
+        logits and values (a model whose forward the replay does not fit falls back to full forwards)."""
+        if not self.prefix_depth:
+            return None
+        lm, parts = self.unwrapped.lm, []
+        for part in self._chunks(s.input_ids.shape[0]):
+            with self.accelerator.autocast():
+                hidden, self._prefix_tuples = frozen_prefix_hidden(
+                    lm, self.prefix_depth, s.input_ids[part], s.attention_mask[part], s.position_ids[part]
+                )
+            parts.append(hidden)
+        prefix = torch.cat(parts)
+        if not self._prefix_checked:
+            self._prefix_checked = True
+            if not self._prefix_reproduces_the_forward(s, prefix):
+                self.prefix_depth = 0
+                return None
+        return prefix
+
+    def _prefix_reproduces_the_forward(self, s: Samples, prefix: Tensor) -> bool:
+        part = self._chunks(s.input_ids.shape[0])[0]
+        args = (
+            s.input_ids[part],
+            s.attention_mask[part],
+            s.position_ids[part],
+            s.input_ids.shape[1] - s.prompt_width + 1,
+        )
+        with self.accelerator.autocast():
+            full = self.policy(*args)
+            with self._replayed(prefix, part):
+                replayed = self.policy(*args)
+        tol = 1e-4 if self.accelerator.mixed_precision == "no" else 2e-2
+        gap = max(float((a.float() - b.float()).abs().max()) for a, b in zip(full, replayed, strict=True))
+        if gap > tol * max(1.0, float(full[0].abs().max())):
+            logger.warning(
+                "--share_frozen_layers: starting from the frozen layers' output moved the logits by %.3g on this "
+                "model: computing every forward in full instead",
+                gap,
+            )
+            return False
+        logger.info(
+            "--share_frozen_layers: decoder layers 0-%d are computed once per rollout for the policy, the reference "
+            "and the update",
+            self.prefix_depth - 1,
+        )
+        return True
+
+    def _replayed(self, prefix: Tensor | None, rows: Any, columns: slice = slice(None)) -> Any:
+        """Context in which the policy's forward starts from ``prefix[rows, columns]`` (nothing when None)."""
+        if prefix is None:
+            return nullcontext()
+        return prefix_replayed(self.unwrapped.lm, self.prefix_depth, prefix[rows, columns], self._prefix_tuples)
+
+    def _policy_forward(self, s: Samples, prefix: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Old log-probs, values and entropy of the response tokens: one policy forward per chunk (from the frozen
+        layers' output ``prefix`` when given)."""
         logprobs, values, entropy = [], [], []
         keep = s.input_ids.shape[1] - s.prompt_width + 1  # the LM head on response positions only
         for part in self._chunks(s.input_ids.shape[0]):
             self.forward_calls["policy"] += 1
-            with self.runtime.graphs(self.unwrapped), self.accelerator.autocast():
+            with self.runtime.graphs(self.unwrapped), self.accelerator.autocast(), self._replayed(prefix, part):
                 logits, vals = self.policy(s.input_ids[part], s.attention_mask[part], s.position_ids[part], keep)
             lp, ent = response_logprobs(logits.float(), s.input_ids[part], s.prompt_width, self.config.temperature)
             logprobs.append(lp)
@@ -250,14 +324,17 @@ class PPOEngine:
             entropy.append(ent)
         return torch.cat(logprobs), torch.cat(values), torch.cat(entropy)
 
-    def _reference_forward(self, s: Samples) -> Tensor:
-        """Log-probs of the response under the reference: the adapter switched off, or the frozen copy."""
+    def _reference_forward(self, s: Samples, prefix: Tensor | None = None) -> Tensor:
+        """Log-probs of the response under the reference: the adapter switched off (from the frozen layers' output
+        ``prefix`` when given: no adapter below it), or the frozen copy."""
         out = []
         for part in self._chunks(s.input_ids.shape[0]):
             self.forward_calls["reference"] += 1
             if self.ref_model is None:
                 lm = self.unwrapped.lm
-                context = _entered(full_parameters(self.accelerator, self.policy), adapter_disabled(lm))
+                context = _entered(
+                    full_parameters(self.accelerator, self.policy), adapter_disabled(lm), self._replayed(prefix, part)
+                )
             else:  # a frozen copy may run as a graph; not the adapter-off path: a graph ignores that switch
                 lm, context = self.ref_model, self.runtime.graphs(self.ref_model)
             with context, self.accelerator.autocast():
@@ -366,7 +443,8 @@ class PPOEngine:
         mask = ro.response_mask[idx, :steps]
         old_logprobs, old_values = ro.logprobs[idx, :steps], ro.values[idx, :steps]
         advantages, returns = ro.advantages[idx, :steps], ro.returns[idx, :steps]
-        with self.accelerator.autocast():  # the rollout's precision context (prepare() adds it too)
+        # The rollout's precision context (prepare() adds it too); the frozen layers' output of the rollout.
+        with self.accelerator.autocast(), self._replayed(ro.prefix, idx, slice(start, stop)):
             logits, values = self.policy(
                 input_ids, ro.attention_mask[idx, start:stop], ro.position_ids[idx, start:stop], steps + 1
             )  # the LM head on response positions only

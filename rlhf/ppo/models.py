@@ -151,3 +151,115 @@ def adapter_folded(model: nn.Module, layers: list[nn.Module]) -> Iterator[None]:
 def _adapters(layer: nn.Module) -> list[str]:
     """The active adapters a LoRA layer holds weights for."""
     return [a for a in layer.active_adapters if a in layer.lora_A]
+
+
+# ---------------------------------------------------------------------------------------------------- frozen prefix
+# A LoRA on the top decoder layers (--lora_layers 18-29 of 30) leaves the layers below it untouched and untrained: the
+# policy, the reference (adapter off) and every update forward compute the same hidden states there. The engine
+# computes them once per rollout (``frozen_prefix_hidden``) and has the other forwards start from them
+# (``prefix_replayed``): the same numbers, without 60% of those forwards' layers.
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder-layer list of a transformers (or PEFT) causal LM: its one ``nn.ModuleList`` as long as the
+    config's ``num_hidden_layers``; None when there is not exactly one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(text, "num_hidden_layers", None)
+    found = [m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    return found[0] if n and len(found) == 1 else None
+
+
+def frozen_prefix_depth(model: nn.Module) -> int:
+    """How many bottom decoder layers of ``model`` nothing trains and no adapter touches, with frozen input
+    embeddings: the layers whose output is the same for the policy and the reference. 0 when none (or when the
+    model's layers cannot be found)."""
+    layers = decoder_layers(model)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if layers is None or embeddings is None or _trained_or_adapted(embeddings):
+        return 0
+    depth = 0
+    for layer in layers:
+        if _trained_or_adapted(layer):
+            break
+        depth += 1
+    return depth if depth < len(layers) else 0  # nothing adapted above: nothing to train, nothing to share
+
+
+def _trained_or_adapted(module: nn.Module) -> bool:
+    if any(p.requires_grad for p in module.parameters()):
+        return True
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return False
+    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+class _PrefixDone(Exception):
+    """Raised by the hook on the last frozen layer: the forward has computed all it was asked for."""
+
+    def __init__(self, output: Any) -> None:
+        super().__init__()
+        self.output = output
+
+
+def frozen_prefix_hidden(
+    model: nn.Module, depth: int, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor
+) -> tuple[Tensor, bool]:
+    """The hidden states ``(B, L, H)`` after the first ``depth`` decoder layers of ``model`` (the embeddings and
+    those layers only: the forward stops there), and whether the layers return tuples (older transformers)."""
+
+    def stop(module: nn.Module, args: Any, output: Any) -> None:
+        raise _PrefixDone(output)
+
+    handle = decoder_layers(model)[depth - 1].register_forward_hook(stop)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    except _PrefixDone as done:
+        if isinstance(done.output, Tensor):
+            return done.output, False
+        return done.output[0], True
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the forward of {type(model).__name__} never reached decoder layer {depth - 1}")
+
+
+class _Replay(nn.Module):
+    """Stands in for decoder layer ``i`` of a frozen prefix: layer 0 returns the stored hidden states, the others
+    pass theirs on; in the form the model's own layers return (a tensor, or a tuple whose first item it reads)."""
+
+    def __init__(self, original: nn.Module, hidden: Tensor | None, as_tuple: bool) -> None:
+        super().__init__()
+        self.hidden, self.as_tuple = hidden, as_tuple
+        if hasattr(original, "attention_type"):  # models with sliding-window layers look this up per layer
+            self.attention_type = original.attention_type
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.hidden is not None:
+            if self.hidden.shape[:2] != hidden_states.shape[:2]:
+                raise RuntimeError(
+                    f"stored frozen-layer states of shape {tuple(self.hidden.shape)} replayed for a batch of "
+                    f"{tuple(hidden_states.shape)}"
+                )
+            hidden_states = self.hidden
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+@contextmanager
+def prefix_replayed(model: nn.Module, depth: int, hidden: Tensor, as_tuple: bool = False) -> Iterator[None]:
+    """Context in which ``model``'s first ``depth`` decoder layers are not computed: its forward continues from
+    ``hidden`` (from ``frozen_prefix_hidden`` on the same rows and columns). ``as_tuple``: the model's layers return
+    tuples (older transformers)."""
+    layers = decoder_layers(model)
+    originals = [layers[i] for i in range(depth)]
+    try:
+        for i, layer in enumerate(originals):
+            layers[i] = _Replay(layer, hidden if i == 0 else None, as_tuple)
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
