@@ -176,6 +176,7 @@ PPO_FLAGS = {
     "rewards": {"reward_baseline", "normalize_rewards", "reward_clip", "missing_eos_penalty", "samples_per_prompt"},
     "sampling": {
         "temperature", "output_max_length", "response_length", "ignore_eos", "max_prompt_length",
+        "response_length_quantile",  # test_rl_training: test_response_length_from_the_chosen_answers
         "forward_batch_size", "static_shapes", "fold_lora_for_sampling",
         "share_frozen_layers",  # test_ppo_engine: test_frozen_layers_run_once_per_rollout_and_the_step_is_the_same
     },

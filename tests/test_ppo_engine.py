@@ -701,6 +701,9 @@ def test_a_step_s_batch_repeats_each_prompt_samples_per_prompt_times_in_a_row():
             "--samples_per_prompt 3: expected a positive divisor of --batch_size 8",
         ),
         ({"samples_per_prompt": 0}, "--samples_per_prompt 0"),
+        ({"response_length": 32, "response_length_quantile": 0.99}, "--response_length and --response_length_quantile"),
+        ({"response_length_quantile": 0.0}, "--response_length_quantile: expected a value in"),
+        ({"response_length_quantile": 1.5}, "--response_length_quantile"),
     ],
 )
 def test_config_validate_errors(overrides, message):

@@ -636,3 +636,22 @@ def test_two_process_cpu_run(tiny_dir, rm_dir, rows, tmp_path, mixed_precision):
     a, b = trainable(out / "step_3"), trainable(resumed / "step_3")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert kl_coefs_per_rank(stderr)[1] == {3: coefs[1][3]}
+
+
+def test_response_length_from_the_chosen_answers(tiny_dir, rm_dir, rows, tmp_path):
+    """--response_length_quantile 1.0: the response length is the longest chosen answer's token count with EOS,
+    rounded up to a multiple of 8 (saved in ppo_config.json, logged), and no response of the run is longer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    longest = max(len(tokenizer(r["chosen"], add_special_tokens=False)["input_ids"]) + 1 for r in ORCA_ROWS)
+    expected = -(-longest // 8) * 8
+    assert expected != 8  # differs from base_args' --response_length: the quantile, not a default, sets it
+    out = tmp_path / "out"
+    args = base_args(tiny_dir, rm_dir, rows, out, response_length=None, response_length_quantile=1.0, steps=8)
+    result = run_script("rl_training.py", *args, "--log_samples_every", "1", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"response length {expected}: the 1.0 quantile of the chosen answers is {longest} tokens" in result.stderr
+    saved = json.loads((out / "final" / "ppo_config.json").read_text(encoding="utf-8"))
+    assert saved["response_length"] == expected and saved["response_length_quantile"] == 1.0
+    assert all(m["tokens/responses_len_mean"] <= expected for m in metrics(out))

@@ -3,11 +3,12 @@ prompt format, and the resumable order in which PPO visits them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from rlhf.data.encoding import encode_text
+from rlhf.data.encoding import encode_completion, encode_text
 from rlhf.data.pairs import DropReport, Pair
 from rlhf.data.prompt_format import PromptFormat
 
@@ -36,6 +37,14 @@ def build_prompts(
             continue
         prompts.append({"system": pair.system, "question": pair.question, "prompt_ids": ids})
     return prompts
+
+
+def answer_length_quantile(pairs: list[Pair], tokenizer: Any, quantile: float) -> int:
+    """The ``quantile`` (nearest rank) of the chosen answers' lengths in tokens, one EOS included."""
+    if not pairs:
+        raise ValueError("no pairs to measure the answers of")
+    lengths = sorted(len(encode_completion(tokenizer, pair.chosen)) + 1 for pair in pairs)
+    return lengths[max(math.ceil(quantile * len(lengths)) - 1, 0)]
 
 
 class PromptSampler:

@@ -109,6 +109,15 @@ class PPOConfig:
     response_length: int | None = field(
         default=None, metadata={"help": "Fixed response length (max new tokens) instead of the sampled one."}
     )
+    response_length_quantile: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fix the response length from the data instead: this quantile of the chosen answers' lengths "
+            "in tokens (EOS included), rounded up to a multiple of 8, at most --output_max_length. E.g. 0.99: room "
+            "for all but the longest one in a hundred of the answers the data prefers, and no time spent sampling "
+            "far past them (a response cut there gets --missing_eos_penalty). Exclusive with --response_length."
+        },
+    )
     ignore_eos: bool = field(
         default=False,
         metadata={
@@ -181,7 +190,16 @@ class PPOConfig:
                 f"--samples_per_prompt {self.samples_per_prompt}: expected a positive divisor of --batch_size "
                 f"{self.batch_size} (the responses of a step)"
             )
-        if self.response_length is not None:
+        if self.response_length_quantile is not None:
+            if self.response_length is not None:
+                raise ValueError(
+                    "--response_length and --response_length_quantile both set the response length: give one"
+                )
+            if not 0 < self.response_length_quantile <= 1:  # NaN fails too
+                raise ValueError(
+                    f"--response_length_quantile: expected a value in (0, 1], got {self.response_length_quantile}"
+                )
+        elif self.response_length is not None:
             if self.response_length < 1:
                 raise ValueError(f"--response_length: expected a positive integer, got {self.response_length}")
         elif self.output_max_length <= MIN_RESPONSE_LENGTH:

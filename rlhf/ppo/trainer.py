@@ -24,7 +24,7 @@ import torch
 
 from rlhf.data.pairs import load_pairs
 from rlhf.data.prompt_format import PromptFormat, resolve_prompt_format
-from rlhf.data.prompts import PromptSampler, build_prompts
+from rlhf.data.prompts import PromptSampler, answer_length_quantile, build_prompts
 from rlhf.errors import UsageError
 from rlhf.models.loading import (
     check_causal_lm_folder,
@@ -167,6 +167,16 @@ def setup(
     split.report.log()
     if not prompts:
         raise UsageError(f"no prompt fits in --max_prompt_length {cfg.max_prompt_length}")
+    if cfg.response_length_quantile is not None:
+        longest = answer_length_quantile(split.train, tokenizer, cfg.response_length_quantile)
+        cfg.response_length = min(-(-longest // 8) * 8, cfg.output_max_length)
+        logger.info(
+            "response length %d: the %s quantile of the chosen answers is %d tokens, EOS included "
+            "(--response_length_quantile)",
+            cfg.response_length,
+            cfg.response_length_quantile,
+            longest,
+        )
 
     # ------------------------------------------------------------------ models
     torch.manual_seed(script.seed)  # identical initialisation (LoRA, value head) on every process
