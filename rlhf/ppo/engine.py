@@ -270,12 +270,27 @@ class PPOEngine:
         prefix = torch.cat(parts)
         if not self._prefix_checked:
             self._prefix_checked = True
-            if not self._prefix_reproduces_the_forward(s, prefix):
+            gap = self._replay_gap(s, prefix)
+            # Every process decides alike (DDP): one whose check fails turns sharing off for all.
+            if self.collectives.any(gap is not None):
+                logger.warning(
+                    "--share_frozen_layers: starting from the frozen layers' output moved the logits %s on this "
+                    "model: computing every forward in full instead",
+                    "on another process" if gap is None else f"by {gap:.3g}",
+                )
                 self.prefix_depth = 0
                 return None
+            logger.info(
+                "--share_frozen_layers: decoder layers 0-%d are computed once per rollout for the policy, the "
+                "reference and the update",
+                self.prefix_depth - 1,
+            )
         return prefix
 
-    def _prefix_reproduces_the_forward(self, s: Samples, prefix: Tensor) -> bool:
+    def _replay_gap(self, s: Samples, prefix: Tensor) -> float | None:
+        """The largest difference between a full policy forward of the first chunk and one that starts from
+        ``prefix``, where it is beyond rounding (relative to the largest logit; looser under autocast); None when
+        they agree."""
         part = self._chunks(s.input_ids.shape[0])[0]
         args = (
             s.input_ids[part],
@@ -289,19 +304,7 @@ class PPOEngine:
                 replayed = self.policy(*args)
         tol = 1e-4 if self.accelerator.mixed_precision == "no" else 2e-2
         gap = max(float((a.float() - b.float()).abs().max()) for a, b in zip(full, replayed, strict=True))
-        if gap > tol * max(1.0, float(full[0].abs().max())):
-            logger.warning(
-                "--share_frozen_layers: starting from the frozen layers' output moved the logits by %.3g on this "
-                "model: computing every forward in full instead",
-                gap,
-            )
-            return False
-        logger.info(
-            "--share_frozen_layers: decoder layers 0-%d are computed once per rollout for the policy, the reference "
-            "and the update",
-            self.prefix_depth - 1,
-        )
-        return True
+        return gap if gap > tol * max(1.0, float(full[0].abs().max())) else None
 
     def _replayed(self, prefix: Tensor | None, rows: Any, columns: slice = slice(None)) -> Any:
         """Context in which the policy's forward starts from ``prefix[rows, columns]`` (nothing when None)."""
