@@ -547,32 +547,14 @@ def test_response_length_sampler_bounds(engine_factory, tokenizer, fmt):
 # ---------------------------------------------------------------------------------------------------- forward counts
 
 
-class ForwardLog:
-    """Forward hooks on the real modules, each call tagged with the engine phase (generate / rollout / update) and
-    whether the LoRA adapter was switched off at the time."""
+class EnginePhases:
+    """Knows which phase of a step an engine is in (generate / rollout / update): its ``_generate`` and ``update``
+    are wrapped to set ``phase``."""
 
-    def __init__(self, engine: PPOEngine, reward_model: torch.nn.Module) -> None:
+    def __init__(self, engine: PPOEngine) -> None:
         self.phase = "rollout"
-        self.events: list[tuple[str, str, int, bool]] = []
-        peft_lm = engine.unwrapped.lm
-        self.lora_layers = [m for m in peft_lm.modules() if hasattr(m, "lora_A")]
-        assert self.lora_layers
-        modules = {
-            "lm": peft_lm.get_base_model().model,
-            "value_head": engine.unwrapped.value_head,
-            "reward": reward_model,
-        }
-        self.handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
         for phase, method in (("generate", "_generate"), ("update", "update")):
             setattr(engine, method, self._in_phase(phase, getattr(engine, method)))
-
-    def _hook(self, name: str):
-        def hook(module, args, kwargs, output):
-            ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
-            adapters_off = all(layer.disable_adapters for layer in self.lora_layers)
-            self.events.append((self.phase, name, ids.shape[0], adapters_off))
-
-        return hook
 
     def _in_phase(self, phase: str, fn):
         def wrapped(*args, **kwargs):
@@ -583,6 +565,32 @@ class ForwardLog:
                 self.phase = previous
 
         return wrapped
+
+
+class ForwardLog(EnginePhases):
+    """Forward hooks on the real modules, each call tagged with the engine phase (generate / rollout / update) and
+    whether the LoRA adapter was switched off at the time."""
+
+    def __init__(self, engine: PPOEngine, reward_model: torch.nn.Module) -> None:
+        super().__init__(engine)
+        self.events: list[tuple[str, str, int, bool]] = []
+        peft_lm = engine.unwrapped.lm
+        self.lora_layers = [m for m in peft_lm.modules() if hasattr(m, "lora_A")]
+        assert self.lora_layers
+        modules = {
+            "lm": peft_lm.get_base_model().model,
+            "value_head": engine.unwrapped.value_head,
+            "reward": reward_model,
+        }
+        self.handles = [m.register_forward_hook(self._hook(name), with_kwargs=True) for name, m in modules.items()]
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+            adapters_off = all(layer.disable_adapters for layer in self.lora_layers)
+            self.events.append((self.phase, name, ids.shape[0], adapters_off))
+
+        return hook
 
     def calls(self, phase: str, name: str) -> list[tuple[int, bool]]:
         """(batch size, adapter off) of each call of module ``name`` during ``phase``."""
@@ -1052,18 +1060,17 @@ def four_layer_dir(tmp_path_factory, tokenizer) -> Path:
     return build_llama(tmp_path_factory.mktemp("four_layers"), tokenizer, layers=4, seed=3)
 
 
-class LayerCalls:
+class LayerCalls(EnginePhases):
     """Counts the forwards of each real decoder layer of an engine's policy, by phase (generate, rollout,
     update): forward hooks on the layer modules themselves, so a layer that is skipped is not counted."""
 
     def __init__(self, engine: PPOEngine) -> None:
         from rlhf.ppo.models import decoder_layers
 
-        self.phase, self.counts = "rollout", {}
+        super().__init__(engine)
+        self.counts: dict[tuple[str, int], int] = {}
         layers = decoder_layers(engine.unwrapped.lm)
         self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(layers)]
-        for phase, method in (("generate", "_generate"), ("update", "update")):
-            setattr(engine, method, self._in_phase(phase, getattr(engine, method)))
 
     def _hook(self, index: int):
         def hook(module, args, output):
@@ -1071,16 +1078,6 @@ class LayerCalls:
             self.counts[key] = self.counts.get(key, 0) + 1
 
         return hook
-
-    def _in_phase(self, phase: str, fn):
-        def wrapped(*args, **kwargs):
-            previous, self.phase = self.phase, phase
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.phase = previous
-
-        return wrapped
 
     def __call__(self, phase: str, index: int) -> int:
         return self.counts.get((phase, index), 0)
