@@ -4,9 +4,10 @@
 
 One SFT policy and one pair of reward models (the config's ``sft``, ``rm``, ``rm2`` stages, reused when already
 complete in ``--output``: after ``make demo`` only PPO and evaluation run), then for each seed PPO (``--seed S``) and
-the evaluation (sampling seed ``S``; ``--eval_samples K``: K responses per prompt and policy, every PPO response
-compared with every SFT one, which measures the same win rate with less sampling luck), with every other flag from
-the config. Each seed's win rate under the held-out judge (rm2, else rm) with its 95% interval, gold accuracy of SFT
+the evaluation (sampling seed ``S``), with every other flag from the config. The evaluation draws as many responses
+per prompt and policy as the config's ``eval`` stage says (``--samples_per_prompt``; the demo's: 2), every PPO
+response compared with every SFT one, which measures the same win rate with less sampling luck; ``--eval_samples K``
+overrides it. Each seed's win rate under the held-out judge (rm2, else rm) with its 95% interval, gold accuracy of SFT
 and PPO with PPO's gain and its interval, KL(PPO || SFT) and PPO's EOS rate go into a table, with the worst seed
 underneath; ``out/bench/learning.json`` keeps the numbers and BENCHMARKS.md gets the table in its "Learning" section
 (``make bench`` keeps that section when it rewrites the rest).
@@ -129,6 +130,20 @@ Target (issue 13): lowest win rate over the seeds >= {TARGET_MIN_WIN_RATE}: {w["
     )
 
 
+def seed_commands(
+    ppo: list[str], evaluation: list[str], folder: Path, seed: int, eval_samples: int | None = None
+) -> tuple[list[str], list[str]]:
+    """One seed's PPO and evaluation command lines: the config's, with this seed's folders and ``--seed S`` appended
+    (the last occurrence of a flag wins), and ``--samples_per_prompt K`` only when ``eval_samples`` overrides the
+    config's."""
+    ppo_argv = [*ppo, "--output_dir", str(folder / "ppo"), "--seed", str(seed)]
+    eval_argv = [*evaluation, "--ppo_model", str(folder / "ppo" / "final")]
+    eval_argv += ["--output_dir", str(folder / "eval"), "--seed", str(seed)]
+    if eval_samples is not None:
+        eval_argv += ["--samples_per_prompt", str(eval_samples)]
+    return ppo_argv, eval_argv
+
+
 def host() -> str:
     from rlhf.runtime.precision import native_bf16
 
@@ -152,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="the pipeline folder holding (or to hold) sft/, rm/, rm2/ (default: config)")
     parser.add_argument("--force", action="store_true", help="rerun seeds whose evaluation is complete")
     parser.add_argument(
-        "--eval_samples", type=int, default=1, help="responses per prompt and policy in each evaluation (default 1)"
+        "--eval_samples",
+        type=int,
+        help="responses per prompt and policy in each evaluation (default: the config's eval --samples_per_prompt)",
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -170,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in seeds:
         folder = out / "seeds" / f"seed_{seed}"
-        # The config's command lines with this seed's folders and seed appended: the last occurrence of a flag wins.
-        ppo_argv = [*stages["ppo"].argv, "--output_dir", str(folder / "ppo"), "--seed", str(seed)]
-        eval_argv = [*stages["eval"].argv, "--ppo_model", str(folder / "ppo" / "final")]
-        eval_argv += ["--output_dir", str(folder / "eval"), "--seed", str(seed)]
-        eval_argv += ["--samples_per_prompt", str(args.eval_samples)]
+        ppo_argv, eval_argv = seed_commands(stages["ppo"].argv, stages["eval"].argv, folder, seed, args.eval_samples)
         for name, stage_argv, done in (
             (f"ppo_seed{seed}", ppo_argv, folder / "ppo" / "final"),
             (f"eval_seed{seed}", eval_argv, folder / "eval"),

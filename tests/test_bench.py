@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench.common import (
+    ROOT,
     SMOLLM2_135M,
     linear_fit,
     lora_training_flops_per_token,
@@ -275,6 +276,33 @@ def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
     run = {"when": "now", "minutes": 1.0, "host": "cpu", "load": "0", "config": "c.json"}
     assert "prompts, 4 responses per prompt and policy, every PPO" in section({**run, "seeds": [seed_row(4, ev)]})
     assert "prompts, one response per prompt and policy, ties" in section({**run, "seeds": rows})
+
+
+def test_learning_seed_commands_keep_the_configs_evaluation_draws_unless_overridden(tmp_path):
+    """Each seed's evaluation parses (through evaluate.py's own parser) to the demo config's responses per prompt,
+    this seed's PPO policy, folder and sampling seed; --eval_samples replaces the config's count."""
+    from bench.learning import seed_commands
+    from rlhf.cli import parse_arguments
+    from rlhf.pipeline.config import load_config
+    from rlhf.pipeline.stages import build_stages
+    from rlhf.scripts.evaluate import EvalArguments, EvalDataArguments, HubArguments, LoadArguments, PrecisionArguments
+
+    config = load_config(str(ROOT / "configs" / "demo.json"), {"output": str(tmp_path / "demo")})
+    stages = {s.name: s for s in build_stages(config)}
+    folder = tmp_path / "demo" / "seeds" / "seed_2"
+
+    def evaluation(eval_samples):
+        ppo, ev = seed_commands(stages["ppo"].argv, stages["eval"].argv, folder, 2, eval_samples)
+        assert ppo[-4:] == ["--output_dir", str(folder / "ppo"), "--seed", "2"]
+        assert ev[:3] == stages["eval"].argv[:3] and ev[1:3] == ["-m", "rlhf.scripts.evaluate"]
+        types = (EvalArguments, EvalDataArguments, LoadArguments, HubArguments, PrecisionArguments)
+        args, *_ = parse_arguments(types, ev[3:])
+        assert (args.ppo_model, args.output_dir, args.seed) == (str(folder / "ppo" / "final"), str(folder / "eval"), 2)
+        return args.samples_per_prompt
+
+    assert "--samples_per_prompt" in config["eval"]  # the demo draws several responses per prompt
+    assert evaluation(None) == int(config["eval"][config["eval"].index("--samples_per_prompt") + 1]) == 2
+    assert evaluation(4) == 4 and evaluation(1) == 1
 
 
 def test_a_marked_section_of_benchmarks_md_is_replaced_alone_and_kept_by_name():
