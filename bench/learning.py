@@ -44,6 +44,9 @@ def seed_row(seed: int, ev: dict) -> dict:
         "n": win["n"],
         "ties": win["ties"],
         "samples_per_prompt": win.get("samples_per_prompt", 1),
+        # PPO's own reward model's verdict, and how often it picks the same winner as the judge (rm2 only)
+        "win_rate_trained": ev["win_rate_rm"]["win_rate"] if judge == "rm2" else None,
+        "agreement": (ev.get("judge_agreement") or {}).get("agreement"),  # absent in older evaluations
         "gold_sft": gold.get("sft"),
         "gold_ppo": gold.get("ppo"),
         "gold_rows": gold.get("rows"),
@@ -83,22 +86,29 @@ def _n(row: dict) -> str:
     return f"n={row['n']}" if each == 1 else f"n={row['n']}×{each}"
 
 
+def _trained(row: dict) -> str:
+    if row.get("win_rate_trained") is None:
+        return "–"
+    agreement = row.get("agreement")
+    return f"{row['win_rate_trained']:.3f} · " + ("–" if agreement is None else f"{agreement:.2f}")
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one line per seed and the worst value of each column."""
     lines = [
-        "| seed | PPO win rate over SFT (95% CI, n, ties) | gold accuracy SFT → PPO (gain, 95% CI) | KL(PPO ‖ SFT) "
-        "| EOS rate PPO |",
-        "|---|---|---|---|---|",
+        "| seed | PPO win rate over SFT (95% CI, n, ties) | under rm · rm/rm2 agreement "
+        "| gold accuracy SFT → PPO (gain, 95% CI) | KL(PPO ‖ SFT) | EOS rate PPO |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['win_rate']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}, {_n(r)}, {r['ties']}) "
-            f"| {_gold(r)} | {r['kl']:.2f} | {r['eos_ppo']:.3f} |"
+            f"| {_trained(r)} | {_gold(r)} | {r['kl']:.2f} | {r['eos_ppo']:.3f} |"
         )
     w = worst(rows)
     gain = "–" if w["gold_gain"] is None else f"{w['gold_gain']:+.3f} (smallest gain)"
     lines.append(
-        f"| **worst** | **{w['win_rate']:.3f}** (lowest CI bound {w['ci_low']:.3f}) | {gain} | {w['kl']:.2f} "
+        f"| **worst** | **{w['win_rate']:.3f}** (lowest CI bound {w['ci_low']:.3f}) | | {gain} | {w['kl']:.2f} "
         f"| {w['eos_ppo']:.3f} |"
     )
     return "\n".join(lines)
@@ -122,7 +132,9 @@ def section(result: dict) -> str:
 Generated on {result["when"]} in {result["minutes"]:.1f} minutes ({result["host"]}; load average
 {result["load"]}). One SFT policy and one pair of reward models from `{result["config"]}`, then PPO and the
 evaluation for each seed (PPO `--seed S`, evaluation sampling seed S), every other flag from the config. Judge:
-{rows[0]["judge"]}, the reward model PPO never saw; win rate on held-out prompts, {drawn}, ties count half.
+{rows[0]["judge"]}, the reward model PPO never saw; win rate on held-out prompts, {drawn}, ties count half. Next to
+it, the win rate under rm (the reward model PPO trained against) and how often rm and rm2 pick the same winner of
+those response pairs: rm2 can confirm what PPO learned from rm only as far as the two agree.
 
 {table(rows)}
 

@@ -111,6 +111,28 @@ def clustered_win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float
     }
 
 
+def judge_agreement(first: dict[str, Tensor], second: dict[str, Tensor], each: int = 1) -> dict[str, float]:
+    """How often two reward models pick the same winner among the PPO/SFT response pairs that the win rates count
+    (every PPO response against every SFT response of its prompt). ``first``/``second``: a judge's scores of the
+    ``"sft"`` and ``"ppo"`` responses, ``each`` responses per prompt, prompt-major. Pairs that either judge ties are
+    left out (``pairs`` counts the rest).
+
+    The held-out judge can confirm what PPO learned from its reward model only as far as the two agree on the
+    policies' own responses, which their accuracy on the held-out preference pairs does not show."""
+
+    def differences(scores: dict[str, Tensor]) -> Tensor:
+        ppo, sft = (scores[k].double().reshape(-1, each) for k in ("ppo", "sft"))
+        return (ppo[:, :, None] - sft[:, None, :]).flatten()
+
+    a, b = differences(first), differences(second)
+    if a.shape != b.shape:
+        raise ValueError("both judges must score the same responses")
+    decided = (a != 0) & (b != 0)
+    pairs = int(decided.sum().item())
+    same = int((decided & ((a > 0) == (b > 0))).sum().item())
+    return {"agreement": same / pairs if pairs else math.nan, "pairs": pairs}
+
+
 def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
     """Monte-Carlo KL(policy || ref) per sequence from the policy's own samples, ``(B, T)`` -> ``(B,)``.
 

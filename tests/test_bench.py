@@ -238,6 +238,7 @@ def test_step_shares_pair_each_measured_step_with_the_plain_steps_after_it():
 def _evaluation(win: float, low: float, gold: tuple[float, float] | None, kl: float, eos: float) -> dict:
     ev = {
         "win_rate_rm": {"win_rate": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 128, "ties": 0},
+        "judge_agreement": {"judges": ["rm", "rm2"], "agreement": 0.8125, "pairs": 120},
         "win_rate_rm2": {"win_rate": win, "ci_low": low, "ci_high": min(1.0, win + 0.08), "n": 128, "ties": 1},
         "kl_ppo_sft": {"mean": kl, "max": 9.0},
         "sft": {"eos_rate": 0.9},
@@ -262,17 +263,22 @@ def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
     assert w == {"win_rate": 0.66, "ci_low": 0.58, "gold_gain": pytest.approx(-0.02), "kl": 4.2, "eos_ppo": 0.95}
     text = table(rows)
     assert (
-        "| 1 | 0.660 (0.580–0.740, n=128, 1) | 0.520 → 0.500 (80 prompts; gain -0.020, -0.120 to +0.080) | 4.20 "
-        "| 1.000 |"
+        "| 1 | 0.660 (0.580–0.740, n=128, 1) | 0.500 · 0.81 | 0.520 → 0.500 (80 prompts; gain -0.020, -0.120 to "
+        "+0.080) | 4.20 | 1.000 |"
     ) in text
-    assert "| **worst** | **0.660** (lowest CI bound 0.580) | -0.020 (smallest gain) | 4.20 | 0.950 |" in text
+    assert "| **worst** | **0.660** (lowest CI bound 0.580) | | -0.020 (smallest gain) | 4.20 | 0.950 |" in text
     no_gold = seed_row(3, _evaluation(0.7, 0.6, None, 1.0, 1.0))
     assert worst([no_gold])["gold_gain"] is None and "| 3 | 0.700" in table([no_gold])
     # an evaluation with 4 responses per prompt (--eval_samples 4), and one written before the gain existed
     ev = _evaluation(0.64, 0.6, (0.4, 0.45), 2.0, 1.0)
     ev["win_rate_rm2"]["samples_per_prompt"] = 4
-    del ev["gold"]["gain"]
-    assert "| 4 | 0.640 (0.600–0.720, n=128×4, 1) | 0.400 → 0.450 (80 prompts) | 2.00 |" in table([seed_row(4, ev)])
+    del ev["gold"]["gain"], ev["judge_agreement"]
+    assert "| 4 | 0.640 (0.600–0.720, n=128×4, 1) | 0.500 · – | 0.400 → 0.450 (80 prompts) | 2.00 |" in table(
+        [seed_row(4, ev)]
+    )
+    # one judge only: rm's own win rate is the table's, nothing to compare it with
+    one = {k: v for k, v in ev.items() if k != "win_rate_rm2"}
+    assert "| 5 | 0.500 (0.400–0.600, n=128, 0) | – | 0.400" in table([seed_row(5, one)])
     run = {"when": "now", "minutes": 1.0, "host": "cpu", "load": "0", "config": "c.json"}
     assert "prompts, 4 responses per prompt and policy, every PPO" in section({**run, "seeds": [seed_row(4, ev)]})
     assert "prompts, one response per prompt and policy, ties" in section({**run, "seeds": rows})

@@ -12,6 +12,7 @@ from rlhf.evaluation import (
     as_gold,
     clustered_win_rate,
     gold_accuracy,
+    judge_agreement,
     matches_gold,
     minimal_pair,
     paired_gain,
@@ -58,6 +59,25 @@ def test_clustered_win_rate_compares_every_response_pair_of_a_prompt_and_takes_t
     assert (single["win_rate"], single["ties"]) == (win_rate(x, y)["win_rate"], win_rate(x, y)["ties"]) == (0.7, 1)
     with pytest.raises(ValueError):
         clustered_win_rate(torch.ones(3), torch.ones(3))  # not (prompts, k)
+
+
+def test_judge_agreement_counts_the_response_pairs_both_judges_order_alike_and_leaves_out_ties():
+    # one response per prompt: pair i is PPO's response i against SFT's response i
+    first = {"ppo": torch.tensor([2.0, 1.0, 0.0, 3.0, 1.0]), "sft": torch.tensor([1.0, 2.0, 1.0, 3.0, 0.0])}
+    second = {"ppo": torch.tensor([5.0, 0.0, 1.0, 1.0, 2.0]), "sft": torch.tensor([4.0, 1.0, 0.0, 0.0, 2.0])}
+    # pair 0: both say PPO; 1: both say SFT; 2: they disagree; 3: first ties; 4: second ties -> 2 of 3
+    assert judge_agreement(first, second) == {"agreement": pytest.approx(2 / 3), "pairs": 3}
+    assert judge_agreement(first, first) == {"agreement": 1.0, "pairs": 4}  # with itself: all but its own tie
+    # two responses per prompt: every PPO response against every SFT response of its prompt (2x2 pairs)
+    ppo, sft = torch.tensor([3.0, 0.0]), torch.tensor([1.0, 2.0])  # first: 3>1, 3>2, 0<1, 0<2
+    flipped = {"ppo": -ppo, "sft": -sft}  # the opposite order on every pair
+    assert judge_agreement({"ppo": ppo, "sft": sft}, flipped, each=2) == {"agreement": 0.0, "pairs": 4}
+    # the same scores read as two prompts of one response: only 3-1 and 0-2 are compared, never across prompts
+    assert judge_agreement({"ppo": ppo, "sft": sft}, flipped, each=1)["pairs"] == 2
+    # the first judge ties its pairs 1-1 and 2-2 and orders 1-2 and 2-1 as the second does (-3 < -2, 0 > -1)
+    assert judge_agreement({"ppo": sft, "sft": sft}, flipped, each=2) == {"agreement": 1.0, "pairs": 2}
+    with pytest.raises(ValueError):
+        judge_agreement({"ppo": ppo, "sft": sft}, {"ppo": torch.ones(3), "sft": torch.ones(3)})
 
 
 def test_sequence_kl_sums_log_ratios_over_real_tokens_only():
@@ -305,6 +325,7 @@ def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
     out = run / "eval"
     result = run_script(
         *("evaluate.py", "--sft_model", str(tiny_dir), "--ppo_model", str(tiny_dir), "--reward_model", str(rm)),
+        *("--second_reward_model", str(rm)),
         *("--dataset_name", str(data), "--output_dir", str(out), "--num_prompts", "4", "--max_new_tokens", "6"),
         *("--samples_per_prompt", "3", "--temperature", "1.0", "--batch_size", "5"),  # batches across prompts
     )
@@ -322,8 +343,15 @@ def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
     assert report["gold"]["rows"] == 4 and report["gold"]["gain"]["n"] == 4
     assert report["gold"]["sft"] == pytest.approx(sum(s["sft_gold"] for s in samples) / 12)
     assert report["gold"]["gain"]["gain"] == 0.0 and report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    # The same reward model as the second judge: it picks the same winner on every pair that it does not tie,
+    # and those pairs are the 3x3 cross pairs of each prompt whose two responses score differently.
+    untied = sum(
+        a["rm_ppo"] != b["rm_sft"] for i in range(0, 12, 3) for a in samples[i : i + 3] for b in samples[i : i + 3]
+    )
+    assert 0 < untied and report["judge_agreement"] == {"judges": ["rm", "rm2"], "agreement": 1.0, "pairs": untied}
     md = build_report(run).read_text()
     assert "(95% CI 0.500–0.500, n=4 prompts, 3×3 response pairs each, ties " in md
+    assert f"- rm and rm2 pick the same winner in 1.000 of these response pairs ({untied} that neither ties)" in md
     assert md.count("**Q:**") == 4  # the samples section shows one response pair per prompt
 
 

@@ -228,6 +228,14 @@ def build_report(run: Path) -> Path:
                 f"- PPO win rate over SFT under **{judge}**: {w['win_rate']:.3f} "
                 f"(95% CI {w['ci_low']:.3f}–{w['ci_high']:.3f}, {n}, ties {w['ties']})"
             )
+        agree = ev.get("judge_agreement")  # absent with one judge, and in evaluations written before it existed
+        if agree and agree["pairs"]:
+            first, second = agree["judges"]
+            lines.append(
+                f"- {first} and {second} pick the same winner in {agree['agreement']:.3f} of these response pairs "
+                f"({agree['pairs']} that neither ties): {second} can confirm what PPO learned from {first} only as "
+                "far as they agree"
+            )
         lines.append(f"- KL(PPO ‖ SFT): {ev['kl_ppo_sft']['mean']:.3f} nats per response (mean)")
         for judge in judges:
             h = ev.get(f"{judge}_heldout")

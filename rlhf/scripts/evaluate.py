@@ -41,6 +41,7 @@ from rlhf.evaluation import (
     as_gold,
     clustered_win_rate,
     gold_accuracy,
+    judge_agreement,
     matches_gold,
     minimal_pair,
     paired_gain,
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         # The reward model's own held-out ranking quality, on pairs in its own prompt format.
         result[f"{judge}_heldout"] = split_preference_metrics(chosen, rejected, content)
         margins[judge] = (chosen - rejected).tolist()
+
+    if len(scores) == 2:  # how far the held-out judge can confirm what PPO learned from the reward model
+        result["judge_agreement"] = {"judges": list(scores), **judge_agreement(*scores.values(), each=each)}
 
     # ------------------------------------------------------------------ ground truth
     gold = {name: gold_accuracy(samples[name].texts, golds) for name in ("sft", "ppo")}
