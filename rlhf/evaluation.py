@@ -111,11 +111,11 @@ def clustered_win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float
     }
 
 
-def judge_agreement(first: dict[str, Tensor], second: dict[str, Tensor], each: int = 1) -> dict[str, float]:
+def judge_agreement(first: dict[str, Tensor], second: dict[str, Tensor], each: int = 1) -> dict[str, float | None]:
     """How often two reward models pick the same winner among the PPO/SFT response pairs that the win rates count
     (every PPO response against every SFT response of its prompt). ``first``/``second``: a judge's scores of the
     ``"sft"`` and ``"ppo"`` responses, ``each`` responses per prompt, prompt-major. Pairs that either judge ties are
-    left out (``pairs`` counts the rest).
+    left out (``pairs`` counts the rest; with none, ``agreement`` is None, which JSON can hold).
 
     The held-out judge can confirm what PPO learned from its reward model only as far as the two agree on the
     policies' own responses, which their accuracy on the held-out preference pairs does not show."""
@@ -130,7 +130,7 @@ def judge_agreement(first: dict[str, Tensor], second: dict[str, Tensor], each: i
     decided = (a != 0) & (b != 0)
     pairs = int(decided.sum().item())
     same = int((decided & ((a > 0) == (b > 0))).sum().item())
-    return {"agreement": same / pairs if pairs else math.nan, "pairs": pairs}
+    return {"agreement": same / pairs if pairs else None, "pairs": pairs}
 
 
 def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:

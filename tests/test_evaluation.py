@@ -76,6 +76,8 @@ def test_judge_agreement_counts_the_response_pairs_both_judges_order_alike_and_l
     assert judge_agreement({"ppo": ppo, "sft": sft}, flipped, each=1)["pairs"] == 2
     # the first judge ties its pairs 1-1 and 2-2 and orders 1-2 and 2-1 as the second does (-3 < -2, 0 > -1)
     assert judge_agreement({"ppo": sft, "sft": sft}, flipped, each=2) == {"agreement": 1.0, "pairs": 2}
+    # the same responses for both policies and one draw: every pair a tie, nothing to agree on (None, not NaN)
+    assert judge_agreement({"ppo": sft, "sft": sft}, {"ppo": ppo, "sft": ppo}) == {"agreement": None, "pairs": 0}
     with pytest.raises(ValueError):
         judge_agreement({"ppo": ppo, "sft": sft}, {"ppo": torch.ones(3), "sft": torch.ones(3)})
 
