@@ -89,6 +89,12 @@ def win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
     }
 
 
+def pair_differences(a: Tensor, b: Tensor) -> Tensor:
+    """Every response of ``a`` minus every response of ``b`` to the same prompt: ``(prompts, k)`` scores ->
+    ``(prompts, k, k)``, in float64 (the pairs that the clustered win rate and the judges' agreement compare)."""
+    return a.double()[:, :, None] - b.double()[:, None, :]
+
+
 def clustered_win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float]:
     """How often a response of policy ``a`` beats a response of policy ``b`` to the same prompt, shapes
     ``(prompts, k)``: every one of the k x k pairs of a prompt is compared (a tie counts half), each prompt's share
@@ -97,7 +103,7 @@ def clustered_win_rate(a: Tensor, b: Tensor, z: float = 1.96) -> dict[str, float
     sampling luck."""
     if a.shape != b.shape or a.dim() != 2 or a.numel() == 0:
         raise ValueError("a and b must be non-empty and of the same (prompts, k) shape")
-    cross = a.double()[:, :, None] - b.double()[:, None, :]
+    cross = pair_differences(a, b)
     share = ((cross > 0).double() + 0.5 * (cross == 0).double()).mean((1, 2))
     n, p = share.numel(), share.mean().item()
     half = z * share.std().item() / math.sqrt(n) if n > 1 else math.inf
@@ -121,8 +127,7 @@ def judge_agreement(first: dict[str, Tensor], second: dict[str, Tensor], each: i
     policies' own responses, which their accuracy on the held-out preference pairs does not show."""
 
     def differences(scores: dict[str, Tensor]) -> Tensor:
-        ppo, sft = (scores[k].double().reshape(-1, each) for k in ("ppo", "sft"))
-        return (ppo[:, :, None] - sft[:, None, :]).flatten()
+        return pair_differences(scores["ppo"].reshape(-1, each), scores["sft"].reshape(-1, each)).flatten()
 
     a, b = differences(first), differences(second)
     if a.shape != b.shape:
