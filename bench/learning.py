@@ -51,6 +51,7 @@ def seed_row(seed: int, ev: dict) -> dict:
         "gold_ppo": gold.get("ppo"),
         "gold_rows": gold.get("rows"),
         "gold_gain": gold.get("gain"),  # paired over prompts, with its interval (absent in older evaluations)
+        "gold_kinds": gold.get("kinds"),  # the same per kind of question, where the data names kinds
         "kl": ev["kl_ppo_sft"]["mean"],
         "eos_sft": ev["sft"]["eos_rate"],
         "eos_ppo": ev["ppo"]["eos_rate"],

@@ -40,8 +40,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 FIELDS = ("system", "question", "chosen", "rejected")
-# Extra column of the held-out rows: the accepted answers (ground truth) where the question has one. The stages read
-# only FIELDS; evaluate.py measures how often a policy's response contains one of these.
+# Extra columns of the held-out rows: the accepted answers (ground truth) where the question has one, and the kind
+# of question. The stages read only FIELDS; evaluate.py measures how often a policy's response contains one of the
+# answers, overall and per kind.
 GOLD = "gold"
 
 N_TRAIN = 3000
@@ -1711,12 +1712,14 @@ def check(train: list[dict], heldout: list[dict], n_bytes: int) -> None:
 
 def write_jsonl(path: Path, rows: list[dict], gold: bool = False) -> int:
     """One JSON object per row: the Orca columns, plus ``gold`` (accepted answers, ``[]`` when the question is
-    open-ended) when asked for."""
+    open-ended) and ``kind`` (arithmetic, facts, helpfulness, format: evaluate.py reports gold accuracy per kind)
+    when asked for."""
 
     def record(r: dict) -> dict:
         out = {k: r[k] for k in FIELDS}
         if gold:
             out[GOLD] = r["gold"] or []
+            out["kind"] = r["kind"]
         return out
 
     text = "".join(json.dumps(record(r), ensure_ascii=False) + "\n" for r in rows)

@@ -3,8 +3,9 @@
 ``data/make_sample_data.py`` writes the demo's data; the demo's settings were chosen on it. To check that what PPO
 learns with those settings carries over to data they were never tuned on, this script writes another set: other
 tables, other question and answer templates, other kinds of bad answers, another seed. Same columns
-(``system``, ``question``, ``chosen``, ``rejected``; held-out rows also ``gold``, the accepted answers), same
-split sizes. Never use it to choose settings: it is only worth anything as long as nothing was tuned on it.
+(``system``, ``question``, ``chosen``, ``rejected``; held-out rows also ``gold``, the accepted answers, and
+``kind``, the kind of question), same split sizes. Never use it to choose settings: it is only worth anything as
+long as nothing was tuned on it.
 
 Usage::
 
@@ -590,8 +591,9 @@ def write(path: Path, rows: list[dict], gold: bool) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for r in rows:
             out = {k: r[k] for k in FIELDS}
-            if gold:
+            if gold:  # ground truth and the kind of question, for evaluate.py; the stages ignore both
                 out["gold"] = r["gold"] or []
+                out["kind"] = r["kind"]
             handle.write(json.dumps(out, ensure_ascii=False) + "\n")
 
 

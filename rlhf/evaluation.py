@@ -170,6 +170,12 @@ def as_gold(value: Any) -> list[str]:
     return [str(v) for v in values if v is not None and str(v).strip()]
 
 
+def as_kind(value: Any) -> str:
+    """A kind cell (the kind of question a held-out row asks: "arithmetic", "facts") as a stripped string; "" when
+    empty or missing (None, NaN) or not text."""
+    return value.strip() if isinstance(value, str) else ""
+
+
 def matches_gold(response: str, gold: str | Sequence[str]) -> bool:
     """Whether ``response`` contains one of the accepted answers: whole words, case- and accent-insensitive.
 
@@ -188,15 +194,24 @@ def matches_gold(response: str, gold: str | Sequence[str]) -> bool:
     return False
 
 
-def gold_accuracy(responses: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float] | None:
-    """Share of responses that contain their gold answer (``matches_gold``), over the rows that have one; None when
-    no row has ground truth."""
-    if len(responses) != len(golds):
-        raise ValueError("one gold list per response")
-    checked = [matches_gold(r, g) for r, g in zip(responses, golds, strict=True) if g]
-    if not checked:
+def gold_comparison(sft: Sequence[bool | None], ppo: Sequence[bool | None], each: int = 1) -> dict[str, Any] | None:
+    """Gold accuracy of two policies' responses to the same prompts and PPO's gain over SFT. ``sft[i]``/``ppo[i]``:
+    whether response ``i`` contains its gold answer (None: its prompt has no ground truth), ``each`` responses per
+    prompt in a row. Accuracy is over responses; the gain (``paired_gain``) over prompts, each counted by the share
+    of its responses that are right. None when no prompt has ground truth."""
+    if len(sft) != len(ppo) or len(sft) % each:
+        raise ValueError(f"expected two equally long lists of whole prompts ({each} responses each)")
+    shares: dict[str, list[float]] = {}
+    for name, hits in (("sft", sft), ("ppo", ppo)):
+        shares[name] = [sum(hits[i : i + each]) / each for i in range(0, len(hits), each) if hits[i] is not None]
+    if not shares["sft"]:
         return None
-    return {"accuracy": sum(checked) / len(checked), "correct": sum(checked), "rows": len(checked)}
+    checked = {name: [h for h in hits if h is not None] for name, hits in (("sft", sft), ("ppo", ppo))}
+    return {
+        "rows": len(shares["sft"]),  # prompts with ground truth
+        **{name: sum(hits) / len(hits) for name, hits in checked.items()},
+        "gain": paired_gain(shares["sft"], shares["ppo"]),
+    }
 
 
 def reward_hacking_warnings(
@@ -205,20 +220,23 @@ def reward_hacking_warnings(
     gold_ppo: float,
     rows: int,
     gain: dict[str, float] | None = None,
+    kind: str | None = None,
 ) -> list[str]:
     """One warning per judge whose mean reward rose from SFT to PPO (``rewards[judge] = (sft, ppo)``) while gold
     accuracy fell: the policy learned what the reward model likes, not better answers. With ``gain``
-    (``paired_gain``), the warning also says whether the fall is larger than the sampling noise."""
+    (``paired_gain``), the warning also says whether the fall is larger than the sampling noise; with ``kind``, that
+    the numbers are over the prompts of that kind only (a fall on one kind can hide behind a rise on another)."""
     if not gold_ppo < gold_sft:
         return []
+    where = f" on {kind} prompts" if kind else ""
     noise = ""
     if gain is not None:
         beyond = "beyond" if gain["ci_high"] < 0 else "within"
         interval = f"{gain['ci_low']:+.3f} to {gain['ci_high']:+.3f}"
         noise = f"; gain {gain['gain']:+.3f}, 95% interval {interval}: {beyond} the sampling noise"
     return [
-        f"reward hacking? the mean reward under {judge} rose ({before:.3f} -> {after:.3f}) while gold accuracy fell "
-        f"({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth{noise})"
+        f"reward hacking{where}? the mean reward under {judge} rose ({before:.3f} -> {after:.3f}) while gold accuracy "
+        f"fell ({gold_sft:.3f} -> {gold_ppo:.3f}, {rows} prompts with ground truth{noise})"
         for judge, (before, after) in rewards.items()
         if after > before
     ]

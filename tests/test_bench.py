@@ -267,6 +267,11 @@ def test_learning_table_reads_the_held_out_judge_and_shows_the_worst_seed():
         "+0.080) | 4.20 | 1.000 |"
     ) in text
     assert "| **worst** | **0.660** (lowest CI bound 0.580) | | -0.020 (smallest gain) | 4.20 | 0.950 |" in text
+    assert rows[0]["gold_kinds"] is None  # the data named no kinds of question
+    kinds = {"arithmetic": {"rows": 40, "sft": 0.3, "ppo": 0.25, "gain": {"gain": -0.05}}}
+    with_kinds = _evaluation(0.7, 0.6, (0.5, 0.55), 1.0, 1.0)
+    with_kinds["gold"]["kinds"] = kinds
+    assert seed_row(6, with_kinds)["gold_kinds"] == kinds  # kept in learning.json
     no_gold = seed_row(3, _evaluation(0.7, 0.6, None, 1.0, 1.0))
     assert worst([no_gold])["gold_gain"] is None and "| 3 | 0.700" in table([no_gold])
     # an evaluation with 4 responses per prompt (--eval_samples 4), and one written before the gain existed

@@ -326,13 +326,15 @@ def test_extra_columns_are_ignored_by_the_stages(tmp_path):
 
 
 def test_sample_heldout_rows_carry_gold_answers_that_the_chosen_answer_contains(sample_data):
-    """Ground truth for evaluate.py's gold accuracy: every held-out row has a gold list (empty for open questions);
-    the chosen answer contains its gold answer by the evaluation's own rule and the question never does; train rows
-    keep exactly the Orca columns."""
+    """Ground truth for evaluate.py's gold accuracy: every held-out row has a gold list (empty for open questions)
+    and its kind of question; the chosen answer contains its gold answer by the evaluation's own rule and the
+    question never does; the arithmetic and fact rows all have one; train rows keep exactly the Orca columns."""
     from rlhf.evaluation import matches_gold
 
     rows = [json.loads(line) for line in (sample_data / "heldout.jsonl").read_text().splitlines()]
-    assert all(list(r) == ["system", "question", "chosen", "rejected", "gold"] for r in rows)
+    assert all(list(r) == ["system", "question", "chosen", "rejected", "gold", "kind"] for r in rows)
+    assert {r["kind"] for r in rows} == {"arithmetic", "facts", "helpfulness", "format"}
+    assert all(r["gold"] for r in rows if r["kind"] == "arithmetic")
     with_gold = [r for r in rows if r["gold"]]
     assert len(with_gold) >= 0.5 * len(rows)
     assert all(matches_gold(r["chosen"], r["gold"]) for r in with_gold)

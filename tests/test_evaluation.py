@@ -10,8 +10,9 @@ import torch
 from conftest import run_script
 from rlhf.evaluation import (
     as_gold,
+    as_kind,
     clustered_win_rate,
-    gold_accuracy,
+    gold_comparison,
     judge_agreement,
     matches_gold,
     minimal_pair,
@@ -161,13 +162,25 @@ def test_matches_gold(response, gold, expected):
     assert matches_gold(response, gold) is expected
 
 
-def test_gold_accuracy_counts_only_rows_with_ground_truth():
-    responses = ["It is 5.", "It is 6.", "Paris.", "Hello there."]
-    golds = [["5", "five"], ["7", "seven"], ["Paris"], []]
-    assert gold_accuracy(responses, golds) == {"accuracy": pytest.approx(2 / 3), "correct": 2, "rows": 3}
-    assert gold_accuracy(["anything"], [[]]) is None
+def test_gold_comparison_counts_only_prompts_with_ground_truth_and_pairs_the_gain_over_prompts():
+    # two responses per prompt; the third prompt has no ground truth
+    sft = [True, False, False, False, None, None, True, True]
+    ppo = [True, True, False, True, None, None, False, True]
+    g = gold_comparison(sft, ppo, each=2)
+    assert (g["rows"], g["sft"], g["ppo"]) == (3, 0.5, pytest.approx(4 / 6))
+    # per-prompt shares: sft 0.5, 0, 1; ppo 1, 0.5, 0.5 -> differences +0.5, +0.5, -0.5
+    assert g["gain"] == paired_gain([0.5, 0.0, 1.0], [1.0, 0.5, 0.5])
+    assert g["gain"]["gain"] == pytest.approx(1 / 6) and g["gain"]["n"] == 3
+    assert gold_comparison([None, None], [None, None], each=2) is None
     with pytest.raises(ValueError):
-        gold_accuracy(["a"], [])
+        gold_comparison([True, False, True], [True, False, True], each=2)  # not whole prompts
+    with pytest.raises(ValueError):
+        gold_comparison([True], [True, False])
+
+
+def test_as_kind_reads_strings_and_treats_anything_else_as_none():
+    assert as_kind(" arithmetic ") == "arithmetic"
+    assert as_kind(None) == as_kind(float("nan")) == as_kind(3) == as_kind("  ") == ""
 
 
 def test_as_gold_reads_strings_lists_and_empty_cells():
@@ -192,6 +205,10 @@ def test_reward_hacking_warning_when_reward_rises_and_gold_falls():
     )
     (beyond,) = reward_hacking_warnings(rewards, 0.6, 0.4, 50, {**small, "ci_high": -0.01})
     assert beyond.endswith("interval -0.450 to -0.010: beyond the sampling noise)")
+    # per kind of question: the same rule, and the warning names the kind
+    (arithmetic,) = reward_hacking_warnings(rewards, 0.6, 0.4, 20, small, kind="arithmetic")
+    assert arithmetic.startswith("reward hacking on arithmetic prompts? the mean reward under rm rose (1.000 -> 2.000)")
+    assert "20 prompts with ground truth" in arithmetic
 
 
 @pytest.mark.parametrize(
@@ -258,8 +275,10 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
     # A gold column (what data/orca_sample/heldout.jsonl carries) on all rows but the last: the stages ignore it,
     # the evaluation scores against it.
+    # One kind of question only: no breakdown by kind (it would repeat the overall numbers).
     rows = [
-        {**row, "gold": [row["chosen"].split()[0]] if i < len(ORCA_ROWS) - 1 else []} for i, row in enumerate(ORCA_ROWS)
+        {**row, "gold": [row["chosen"].split()[0]] if i < len(ORCA_ROWS) - 1 else [], "kind": "arithmetic"}
+        for i, row in enumerate(ORCA_ROWS)
     ]
     data = write_rows(tmp_path / "heldout.jsonl", rows)
     out = tmp_path / "eval"
@@ -302,6 +321,7 @@ def test_evaluate_script_on_tiny_models(tmp_path, tiny_dir, bf16, greedy):
     sft_correct = sum(s["sft_gold"] for s in gold_rows)
     assert report["gold"]["sft"] == report["gold"]["ppo"] == pytest.approx(sft_correct / len(gold_rows))
     assert report["gold"]["gain"] == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": len(gold_rows)}
+    assert "kinds" not in report["gold"]
     content = sum(minimal_pair(r["chosen"], r["rejected"]) for r in ORCA_ROWS)
     assert 0 < content < len(ORCA_ROWS)  # the tiny rows have both kinds ("2 plus 3 is 5." / "... 7.")
     assert report["rm_heldout"]["content"]["pairs"] == content
@@ -322,7 +342,9 @@ def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
     rm = run / "rm"
     AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).save_pretrained(str(rm))
     AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
-    rows = [{**row, "gold": [row["chosen"].split()[0]]} for row in ORCA_ROWS]
+    # Two kinds of question, alternating: gold accuracy, its gain and the judges' rewards also per kind.
+    kinds = ["arithmetic", "facts"]
+    rows = [{**row, "gold": [row["chosen"].split()[0]], "kind": kinds[i % 2]} for i, row in enumerate(ORCA_ROWS)]
     data = write_rows(tmp_path / "heldout.jsonl", rows)
     out = run / "eval"
     result = run_script(
@@ -345,6 +367,16 @@ def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
     assert report["gold"]["rows"] == 4 and report["gold"]["gain"]["n"] == 4
     assert report["gold"]["sft"] == pytest.approx(sum(s["sft_gold"] for s in samples) / 12)
     assert report["gold"]["gain"]["gain"] == 0.0 and report["kl_ppo_sft"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert [s["kind"] for s in samples[::3]] == kinds * 2
+    assert list(report["gold"]["kinds"]) == kinds
+    for kind, part in report["gold"]["kinds"].items():
+        mine = [s for s in samples if s["kind"] == kind]
+        assert part["rows"] == 2 and part["gain"]["n"] == 2 and part["gain"]["gain"] == 0.0
+        assert part["sft"] == part["ppo"] == pytest.approx(sum(s["sft_gold"] for s in mine) / 6)
+        for judge in ("rm", "rm2"):
+            means = [sum(s[f"{judge}_{p}"] for s in mine) / 6 for p in ("sft", "ppo")]
+            assert part["rewards"][judge] == pytest.approx(means)
+    assert report["warnings"] == []  # one policy against itself: nothing fell
     # The same reward model as the second judge: it picks the same winner on every pair that it does not tie,
     # and those pairs are the 3x3 cross pairs of each prompt whose two responses score differently.
     untied = sum(
@@ -388,6 +420,17 @@ def test_report_shows_gold_accuracy_next_to_the_rewards_and_the_warning(tmp_path
         "differ in one or two words (content): 0.000, mean margin -0.200 (1); the others (form): 1.000, mean "
         "margin 5.000 (1)"
     ) in report
+    # per kind of question: a line each, and the warning of the kind whose gold fell while its reward rose
+    ev["gold"]["kinds"] = {
+        "arithmetic": {"rows": 4, "sft": 0.5, "ppo": 0.25, "gain": paired_gain([1, 1, 0, 0], [1, 0, 0, 0])},
+        "facts": {"rows": 2, "sft": 0.5, "ppo": 0.5, "gain": paired_gain([1, 0], [1, 0])},
+    }
+    ev["warnings"] += reward_hacking_warnings({"rm": (0.5, 3.0)}, 0.5, 0.25, 4, kind="arithmetic")
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
+    report = build_report(tmp_path).read_text()
+    assert "| gold accuracy, arithmetic (4 prompts) | 0.500 | 0.250, gain -0.250 (-0.740 to +0.240) |" in report
+    assert "| gold accuracy, facts (2 prompts) | 0.500 | 0.500, gain +0.000 (+0.000 to +0.000) |" in report
+    assert "**Warning: reward hacking on arithmetic prompts? the mean reward under rm rose (0.500 -> 3.000)" in report
     del ev["gold"], ev["warnings"], ev["rm_heldout"]  # data without ground truth: no row, no warning
     (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(ev))
     report = build_report(tmp_path).read_text()

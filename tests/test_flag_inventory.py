@@ -185,6 +185,7 @@ PPO_FLAGS = {
 EVAL_FLAGS = {
     "inputs and outputs": {
         "sft_model", "ppo_model", "reward_model", "second_reward_model", "output_dir", "gold_column",
+        "kind_column",  # test_evaluation: test_evaluate_script_with_several_responses_per_prompt
     },
     "sampling and sizes": {
         "num_prompts", "num_pairs", "max_new_tokens", "temperature", "greedy", "batch_size", "seed", "device",

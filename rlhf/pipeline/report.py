@@ -106,6 +106,10 @@ def _histogram(path: Path, values: list[float], title: str, alt: str) -> list[st
     return [f"![{alt}]({path.name})", ""]
 
 
+def _gain(gain: dict) -> str:
+    return f"{gain['gain']:+.3f} ({gain['ci_low']:+.3f} to {gain['ci_high']:+.3f})"
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -211,9 +215,11 @@ def build_report(run: Path) -> Path:
             )
             gain = g.get("gain")  # absent in evaluations written before it existed
             if gain:
+                lines.append(f"| gold gain of PPO over SFT, same prompts (95% CI) | | {_gain(gain)} |")
+            for kind, part in g.get("kinds", {}).items():  # where the data names kinds of question
                 lines.append(
-                    f"| gold gain of PPO over SFT, same prompts (95% CI) | | {gain['gain']:+.3f} "
-                    f"({gain['ci_low']:+.3f} to {gain['ci_high']:+.3f}) |"
+                    f"| gold accuracy, {kind} ({part['rows']} prompts) | {_fmt(part['sft'])} | {_fmt(part['ppo'])}, "
+                    f"gain {_gain(part['gain'])} |"
                 )
         lines.append(
             f"| mean response length (tokens) | {_fmt(ev['sft']['length_mean'])} | {_fmt(ev['ppo']['length_mean'])} |"

@@ -15,7 +15,9 @@ on the pairs (margins in ``margins.json``), also apart for the pairs whose answe
 ("content": the number, the fact) and the others ("form"). Where the data has ground truth (a ``gold`` column: the
 accepted answers, ignored by the training stages), the gold accuracy of each policy: how often its response contains
 the answer (``rlhf.evaluation.matches_gold``), and PPO's gain over SFT on the same prompts with a 95% interval; a
-warning is logged and saved when a reward model's mean reward rises from SFT to PPO while gold accuracy falls.
+warning is logged and saved when a reward model's mean reward rises from SFT to PPO while gold accuracy falls; the
+same per kind of question where a ``kind`` column names two or more (a fall on arithmetic can hide behind a rise on
+facts).
 ``samples.jsonl`` holds every prompt with both responses and their scores (one line per response pair, numbered by
 ``sample``, with several per prompt); ``seconds`` in evaluation.json says where the time went. Every folder and flag
 is checked, and the reward models loaded, before any generation. Works on any user's model folders.
@@ -39,12 +41,12 @@ from rlhf.data.prompts import build_prompts
 from rlhf.errors import UsageError, run_main
 from rlhf.evaluation import (
     as_gold,
+    as_kind,
     clustered_win_rate,
-    gold_accuracy,
+    gold_comparison,
     judge_agreement,
     matches_gold,
     minimal_pair,
-    paired_gain,
     policy_summary,
     reward_hacking_warnings,
     sequence_kl,
@@ -105,6 +107,14 @@ class EvalArguments:
         metadata={
             "help": "Column with the accepted answer(s) of a row (a string or a list of strings; empty: none), for "
             "gold accuracy. Absent: no gold accuracy."
+        },
+    )
+    kind_column: str = field(
+        default="kind",
+        metadata={
+            "help": "Column naming the kind of question a row asks (arithmetic, facts, ...). Where it names two or "
+            "more kinds among the rows with gold answers, gold accuracy, its gain and the judges' mean rewards are "
+            "also reported per kind, with a reward-hacking warning per kind. Absent: overall only."
         },
     )
     device: str | None = field(
@@ -210,12 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         (row.get(columns["system"]) or "", row.get(columns["question"])): as_gold(row.get(args.gold_column))
         for row in source.rows
     }
+    kind_of = {  # (system, question) -> its kind of question, a string ("" when none)
+        (row.get(columns["system"]) or "", row.get(columns["question"])): as_kind(row.get(args.kind_column))
+        for row in source.rows
+    }
     tokenizer = load_tokenizer(args.sft_model, hub.token, trust_remote_code=load_args.trust_remote_code)
     fmt = resolve_prompt_format(data_args.prompt_template, tokenizer, args.sft_model)
     prompts = build_prompts(split.train, tokenizer, fmt, limit=args.num_prompts)
     each = args.samples_per_prompt
     drawn = [p for p in prompts for _ in range(each)]  # each prompt `each` times in a row
     golds = [gold_of.get((p["system"], p["question"]), []) for p in drawn]
+    kinds = [kind_of.get((p["system"], p["question"]), "") for p in drawn]
     seconds: dict[str, float] = {}  # where the evaluation's time goes, saved with the results
 
     @contextmanager
@@ -299,23 +314,37 @@ def main(argv: list[str] | None = None) -> int:
         result["judge_agreement"] = {"judges": list(scores), **judge_agreement(*scores.values(), each=each)}
 
     # ------------------------------------------------------------------ ground truth
-    gold = {name: gold_accuracy(samples[name].texts, golds) for name in ("sft", "ppo")}
-    # Each response checked once against its row's gold (None: the row has none), for the gain and samples.jsonl.
+    # Each response checked once against its row's gold (None: the row has none), for the accuracies and samples.
     matched = {
-        k: [matches_gold(t, g) if g else None for t, g in zip(samples[k].texts, golds, strict=True)] for k in gold
+        k: [matches_gold(t, g) if g else None for t, g in zip(samples[k].texts, golds, strict=True)]
+        for k in ("sft", "ppo")
     }
-    if gold["sft"] is not None:
-        rows = gold["sft"]["rows"] // each  # prompts with ground truth
-        result["gold"] = {"rows": rows, "sft": gold["sft"]["accuracy"], "ppo": gold["ppo"]["accuracy"]}
-        # per prompt: the share of its responses that are right, paired between the policies
-        correct = {
-            name: [sum(hits[i : i + each]) / each for i in range(0, n, each) if hits[i] is not None]
-            for name, hits in matched.items()
-        }
-        result["gold"]["gain"] = paired_gain(correct["sft"], correct["ppo"])
+    g = gold_comparison(matched["sft"], matched["ppo"], each)
+    if g is not None:
+        result["gold"] = g
         rewards = {j: (result["sft"][f"reward_mean_{j}"], result["ppo"][f"reward_mean_{j}"]) for j in judges}
-        g = result["gold"]
         result["warnings"] = reward_hacking_warnings(rewards, g["sft"], g["ppo"], g["rows"], g["gain"])
+        # The same per kind of question (arithmetic, facts, ...) where the data names two or more: PPO can lose
+        # ground on one kind while gaining more on another, and the judges' rewards on that kind tell whether they
+        # paid for the loss.
+        named = sorted({k for k, hits in zip(kinds, matched["sft"], strict=True) if k and hits is not None})
+        if len(named) > 1:
+            g["kinds"] = {}
+            for kind in named:
+                at = [i for i, k in enumerate(kinds) if k == kind]
+                part = gold_comparison(*([matched[p][i] for i in at] for p in ("sft", "ppo")), each)
+                if part is None:  # this kind's gold rows are elsewhere
+                    continue
+                part["rewards"] = {j: [scores[j][p][at].float().mean().item() for p in ("sft", "ppo")] for j in scores}
+                g["kinds"][kind] = part
+                result["warnings"] += reward_hacking_warnings(
+                    {j: tuple(r) for j, r in part["rewards"].items()},
+                    part["sft"],
+                    part["ppo"],
+                    part["rows"],
+                    part["gain"],
+                    kind=kind,
+                )
         for warning in result["warnings"]:
             logger.warning(warning)
     result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
@@ -329,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"question": p["question"], "sft": samples["sft"].texts[i], "ppo": samples["ppo"].texts[i]}
                 if each > 1:
                     row["sample"] = i % each
+                if kinds[i]:
+                    row["kind"] = kinds[i]
                 if golds[i]:
                     row["gold"] = golds[i]
                     row.update({f"{k}_gold": matched[k][i] for k in ("sft", "ppo")})
