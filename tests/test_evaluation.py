@@ -108,6 +108,37 @@ def samples_of(response_mask: list[list[int]], has_eos: list[bool], prompt: list
     )
 
 
+def test_response_kl_in_length_groups_is_the_kl_of_the_whole_padded_batch(tiny_dir):
+    """evaluate.py computes KL(PPO || SFT) --batch_size responses at a time, grouped by length and cut to each
+    group's real columns: the same numbers as one forward pass over the whole padded batch, for any group size."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.ppo.models import causal_lm_logprobs
+    from rlhf.ppo.sampling import sample
+    from rlhf.scripts.evaluate import response_kl
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    policy = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        texts = ["2 plus 3", "What is the capital of France, and why?", "Hi", "Name a colour of the sky at noon"]
+        prompts = [tokenizer(t)["input_ids"] for t in texts]
+        # responses of 3 and of 9 tokens, prompts of different lengths: padding on both sides of the batch
+        s = concat_samples(
+            [sample(policy, tokenizer, prompts[:2], 3, 1.0), sample(policy, tokenizer, prompts[2:], 9, 1.0)],
+            tokenizer.pad_token_id,
+        )
+        inputs = (s.input_ids, s.attention_mask, s.position_ids, s.prompt_width, 0.7)
+        logprobs, ref_logprobs = causal_lm_logprobs(policy, *inputs), causal_lm_logprobs(reference, *inputs)
+        whole = sequence_kl(logprobs, ref_logprobs, s.response_mask)
+        assert bool((whole.abs() > 1e-3).all())  # the two models differ on every response
+        for size in (1, 3, 4):
+            assert torch.allclose(response_kl(policy, reference, s, 0.7, size), whole, rtol=1e-4, atol=1e-5)
+
+
 def test_policy_summary_reports_length_and_eos_rate():
     s = samples_of([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], [True, False, True, True], [[7]] * 4)
     summary = policy_summary(s, torch.tensor([1.0, 2.0, 3.0, 6.0]))

@@ -181,6 +181,27 @@ def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float
     return concat_samples(parts, tokenizer.pad_token_id)
 
 
+def response_kl(policy, reference, s: Samples, temperature: float, batch_size: int) -> torch.Tensor:
+    """KL(policy || reference) of each response in ``s`` (drawn from ``policy``), ``(B,)`` on the CPU.
+
+    ``batch_size`` responses at a time (all at once would hold responses x length x vocabulary float32 logits per
+    policy: gigabytes for the demo's 256, and slower than generating them), grouped by length and cut to the
+    columns that hold a token of some row of the group (the samples are padded to the longest prompt and response
+    of all): the forward passes cost what the tokens cost."""
+    kl = torch.empty(s.input_ids.shape[0])
+    lengths = s.attention_mask.sum(1).cpu()
+    for group in torch.argsort(lengths, stable=True).split(batch_size):
+        rows = group.to(s.input_ids.device)
+        mask, responses = s.attention_mask[rows], s.response_mask[rows]
+        start = int(mask[:, : s.prompt_width].any(0).int().argmax())  # the group's longest prompt begins here
+        width = int(responses.any(0).nonzero().max()) + 1 if bool(responses.any()) else 1  # its longest response
+        cols = slice(start, s.prompt_width + width)
+        inputs = (s.input_ids[rows, cols], mask[:, cols], s.position_ids[rows, cols], s.prompt_width - start)
+        logprobs, ref_logprobs = (causal_lm_logprobs(lm, *inputs, temperature) for lm in (policy, reference))
+        kl[group] = sequence_kl(logprobs, ref_logprobs, responses[:, :width].to(logprobs.device)).float().cpu()
+    return kl
+
+
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ arguments, and every input checked
     types = (EvalArguments, EvalDataArguments, LoadArguments, HubArguments, PrecisionArguments)
@@ -261,15 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             samples[name] = generate_all(lm, tokenizer, drawn, args, temperature, context)
     s = samples["ppo"]
     with timed("kl"), context(), torch.no_grad():
-        kl = sequence_kl(
-            *(
-                causal_lm_logprobs(
-                    lms[name], s.input_ids, s.attention_mask, s.position_ids, s.prompt_width, temperature
-                )
-                for name in ("ppo", "sft")
-            ),
-            s.response_mask.to(device),
-        ).cpu()
+        kl = response_kl(lms["ppo"], lms["sft"], s, temperature, args.batch_size)
 
     # ------------------------------------------------------------------ score under each reward model
     systems, questions = [p["system"] for p in drawn], [p["question"] for p in drawn]
