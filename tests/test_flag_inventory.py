@@ -99,7 +99,10 @@ OURS = {
     "devices (all stages)": {"use_habana", "use_lazy_mode", "gaudi_config_name", "device"},
     "Trainer stages": {"evaluation_strategy", "overwrite_output_dir", "nonfinite_loss", "keep_checkpoints"},
     "sft": {"dataset_concatenation"},
-    "reward_model": {"eval_batch_size"},
+    "reward_model": {
+        "eval_batch_size",
+        "length_groups",  # test_reward_modeling: test_length_groups_train_the_same_reward_model
+    },
 }  # fmt: skip
 
 

@@ -179,6 +179,109 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --length_groups: a batch in forwards of similar lengths, the same loss and gradients for less padding
+
+
+class CountingCalls:
+    """The classifier, recording the shape of each forward it is asked for."""
+
+    def __init__(self, model):
+        self.model, self.shapes = model, []
+
+    def __call__(self, input_ids, attention_mask, **kwargs):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def test_length_grouped_call_gives_the_padded_forwards_scores_and_gradients(tiny_dir):
+    """Six right-padded rows of lengths 3..14 in three groups: three forwards, each cut after its longest row, and
+    the scores and gradients of one forward over the whole padded batch (fp32: to float32 rounding)."""
+    from rlhf.models.reward import LengthGroupedCall
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).eval()
+    pad = model.config.pad_token_id
+    lengths = [14, 3, 9, 5, 12, 4]
+    ids = torch.full((len(lengths), 14), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(5, model.config.vocab_size, (n,))
+        mask[row, :n] = 1
+
+    def scores_and_grads(call):
+        model.zero_grad()
+        scores = call(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        (scores * torch.arange(1.0, 7.0).unsqueeze(1)).sum().backward()  # a different weight per row
+        return scores.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    padded_scores, padded_grads = scores_and_grads(model)
+    counting = CountingCalls(model)
+    grouped_scores, grouped_grads = scores_and_grads(LengthGroupedCall(counting, 3))
+    assert counting.shapes == [(2, 4), (2, 9), (2, 14)]  # rows (3, 4), (5, 9), (12, 14), each cut to its longest
+    torch.testing.assert_close(grouped_scores, padded_scores, atol=1e-5, rtol=1e-5)
+    assert len(set(grouped_scores.flatten().tolist())) == len(lengths)  # distinct: a permutation would be caught
+    assert len(grouped_grads) == len(padded_grads) > 0
+    for grouped, padded in zip(grouped_grads, padded_grads, strict=True):
+        torch.testing.assert_close(grouped, padded, atol=1e-5, rtol=1e-4)
+    counting.shapes.clear()
+    LengthGroupedCall(counting, 10)(input_ids=ids[:2], attention_mask=mask[:2])
+    assert counting.shapes == [(1, 3), (1, 14)]  # more groups than rows: one row a forward
+
+
+def varied_rows(n: int) -> list[dict]:
+    """Pairs of lengths far apart (a batch pads to its longest): every third answer is long."""
+    rows = arithmetic_rows(n)
+    for row in rows[::3]:
+        row["chosen"] += " Adding the two numbers one after the other gives this sum, as counting on shows."
+    return rows
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_length_groups_train_the_same_reward_model(tiny_dir, tmp_path, bf16):
+    """The stage with --length_groups 3 logs the losses of the stage with 1 (TRL's one padded forward) and ends with
+    the same scores, to the rounding of the precision it trained in."""
+    reward_modeling = importlib.import_module("reward_modeling")
+    data = write_rows(tmp_path / "pairs.jsonl", varied_rows(24))
+    flags = "--validation_split_percentage 0 --peft none --torch_dtype float32 --max_steps 4 --report_to none "
+    flags += f"--save_strategy no --per_device_train_batch_size 3 --logging_steps 1 --learning_rate 1e-3 --bf16 {bf16}"
+    runs = {}
+    for groups in (1, 3):
+        out = tmp_path / f"rm{groups}"
+        paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)]
+        assert reward_modeling.main([*paths, *flags.split(), "--length_groups", str(groups)]) == 0
+        runs[groups] = json.loads((out / "metrics.json").read_text()), load_reward_stats(out)
+    (metrics1, stats1), (metrics3, stats3) = runs[1], runs[3]
+    tol = 5e-2 if bf16 else 1e-4  # bf16 autocast: 8 mantissa bits, other matmul shapes per group
+    assert metrics3["train"]["train_loss"] == pytest.approx(metrics1["train"]["train_loss"], abs=tol)
+    assert stats3["mean"] == pytest.approx(stats1["mean"], abs=tol) and stats3["std"] > 0
+    assert metrics3["heldout"]["margin_mean"] == pytest.approx(metrics1["heldout"]["margin_mean"], abs=tol)
+
+
+@pytest.mark.parametrize(
+    "flags, env, expected",
+    [
+        (["--length_groups", "0"], {}, "--length_groups: expected a positive integer, got 0"),
+        (["--length_groups", "2"], {"WORLD_SIZE": "2", "RANK": "1"}, "--length_groups 2: needs one process"),
+        (["--length_groups", "2", "--fsdp", "full_shard"], {}, "--length_groups 2: needs no FSDP or DeepSpeed"),
+    ],
+)
+def test_length_groups_that_cannot_work_are_refused_in_one_line(
+    tiny_dir, tmp_path, capfd, monkeypatch, flags, env, expected
+):
+    reward_modeling = importlib.import_module("reward_modeling")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = write_rows(tmp_path / "pairs.jsonl", arithmetic_rows(6))
+    paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(reward_modeling.main, [*paths, "--report_to", "none", *flags])
+    assert exit_.value.code == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Flags that cannot work here stop at once with a message saying why
 
 

@@ -50,6 +50,53 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
     return scores[torch.tensor(slot)]
 
 
+class LengthGroupedCall:
+    """Calls a sequence classifier as ``model(input_ids=..., attention_mask=...)`` does, in ``groups`` forwards of
+    rows of similar length, each cut after the last real token of its longest row: the same logits, for less padding
+    computed. The columns cut hold padding only, and a causal model's output at a position never depends on later
+    columns, so each row's score is unchanged up to rounding (other batch shapes); gradients flow through every group.
+
+    TRL's RewardTrainer pads a batch's chosen and rejected sequences to the longest of them; on the demo's pairs a
+    third of what it computes is padding. Its ``compute_loss`` is given this in place of the model
+    (``length_grouped_reward_trainer``); each group is one call of the model it wraps.
+    """
+
+    def __init__(self, model: Any, groups: int) -> None:
+        self.model = model
+        self.groups = groups
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+        rows, width = input_ids.shape
+        columns = torch.arange(1, width + 1, device=attention_mask.device)
+        ends = ((attention_mask != 0) * columns).amax(1).clamp(min=1)  # one past each row's last real token
+        order = torch.argsort(ends, stable=True)
+        logits = []
+        for group in order.tensor_split(min(self.groups, rows)):
+            cut = int(ends[group].max())
+            sliced = {
+                name: value[group, :cut] if torch.is_tensor(value) and value.shape[:2] == (rows, width) else value
+                for name, value in kwargs.items()
+            }
+            out = self.model(input_ids=input_ids[group, :cut], attention_mask=attention_mask[group, :cut], **sliced)
+            logits.append(out.logits)
+        return SequenceClassifierOutputWithPast(logits=torch.cat(logits)[torch.argsort(order)])
+
+
+def length_grouped_reward_trainer(groups: int, **kwargs: Any) -> Any:
+    """TRL's RewardTrainer whose loss runs the model through ``LengthGroupedCall`` (``groups`` forwards a batch);
+    ``kwargs``: RewardTrainer's. Its loss, metrics and logging are TRL's own."""
+    import trl
+
+    class LengthGroupedRewardTrainer(trl.RewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            grouped = LengthGroupedCall(model, groups)
+            return super().compute_loss(grouped, inputs, return_outputs, num_items_in_batch)
+
+    return LengthGroupedRewardTrainer(**kwargs)
+
+
 def reward_stats(scores: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation of rewards, used by PPO to normalise scores."""
     return {

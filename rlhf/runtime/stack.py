@@ -37,10 +37,18 @@ def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs
     return trl.SFTTrainer(**kwargs)
 
 
-def build_reward_trainer(backend: Backend, backend_args: BackendArguments, **kwargs: Any) -> Any:
-    """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.runtime.gaudi); ``kwargs``: its names."""
+def build_reward_trainer(
+    backend: Backend, backend_args: BackendArguments, length_groups: int = 1, **kwargs: Any
+) -> Any:
+    """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.runtime.gaudi); ``kwargs``: its names.
+    ``length_groups`` above 1 (reward_modeling's --length_groups, checked there): each batch in that many forwards of
+    rows of similar length (rlhf.models.reward.LengthGroupedCall)."""
     if on_gaudi_stack():
         return gaudi_reward_trainer(backend, backend_args, **kwargs)
+    if length_groups > 1:
+        from rlhf.models.reward import length_grouped_reward_trainer
+
+        return length_grouped_reward_trainer(length_groups, **kwargs)
     import trl
 
     return trl.RewardTrainer(**kwargs)

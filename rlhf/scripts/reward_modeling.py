@@ -22,6 +22,7 @@ The output folder loads with ``AutoModelForSequenceClassification``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from rlhf.evaluation import minimal_pair, split_preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
-from rlhf.runtime.stack import build_reward_trainer, trainer_config_base
+from rlhf.runtime.stack import build_reward_trainer, on_gaudi_stack, trainer_config_base
 from rlhf.stages.trainer_stage import Run, TrainerStage
 
 logger = logging.getLogger("reward_modeling")
@@ -42,10 +43,22 @@ logger = logging.getLogger("reward_modeling")
 @dataclass
 class ScriptArguments:
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
+    length_groups: int = field(
+        default=1,
+        metadata={
+            "help": "Compute each training batch (its chosen and rejected sequences) in this many forwards of "
+            "sequences of similar length, each cut after its longest: less padding computed, the same loss and "
+            "gradients up to rounding. 1: one forward padded to the batch's longest sequence (TRL's way). One "
+            "process only, without FSDP or DeepSpeed, not on Gaudi (lazy mode wants one shape)."
+        },
+    )
 
     def __post_init__(self) -> None:
-        if self.eval_batch_size < 1:
-            raise UsageError(f"--eval_batch_size: expected a positive integer, got {self.eval_batch_size}")
+        for name in ("eval_batch_size", "length_groups"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.length_groups > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the Trainer's flags
+            raise UsageError(f"--length_groups {self.length_groups}: needs one process (WORLD_SIZE > 1 here); use 1")
 
 
 @dataclass
@@ -83,6 +96,14 @@ class RewardArguments(trainer_config_base("reward")):
 
 def configure(run: Run) -> None:
     check_model_folder(run.model_args.model_name_or_path, "model_name_or_path")  # a typo stops before the data
+    if run.script.length_groups > 1:
+        launch = [
+            (bool(run.train_args.fsdp or run.train_args.deepspeed), "no FSDP or DeepSpeed"),
+            (run.backend.is_gaudi or on_gaudi_stack(), "no Gaudi (lazy mode compiles one graph per shape)"),
+        ]
+        for refused, needs in launch:
+            if refused:
+                raise UsageError(f"--length_groups {run.script.length_groups}: needs {needs}; use 1")
 
 
 def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
@@ -100,7 +121,7 @@ def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
     )
     model = with_lora(model, args.peft_config("SEQ_CLS", modules_to_save=["score"]))
     upcast_trainable(model)
-    return model, {}
+    return model, {"length_groups": run.script.length_groups}
 
 
 def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
