@@ -139,6 +139,35 @@ def test_response_kl_in_length_groups_is_the_kl_of_the_whole_padded_batch(tiny_d
             assert torch.allclose(response_kl(policy, reference, s, 0.7, size), whole, rtol=1e-4, atol=1e-5)
 
 
+def test_generation_batches_follow_their_own_flag(tiny_dir, monkeypatch):
+    """Responses are generated --generation_batch_size at a time (default: --batch_size, which the KL and the
+    reward models keep), and come back one per prompt, in prompt order."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rlhf.scripts.evaluate as evaluate
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    prompts = [{"prompt_ids": tokenizer(f"What is {i} plus {i * 11}?")["input_ids"]} for i in range(7)]
+    sizes, real = [], evaluate.sample
+    monkeypatch.setattr(
+        evaluate, "sample", lambda lm, tok, batch, *a, **k: sizes.append(len(batch)) or real(lm, tok, batch, *a, **k)
+    )
+    for generation_batch_size, expected in ((None, [2, 2, 2, 1]), (3, [3, 3, 1]), (16, [7])):
+        sizes.clear()
+        args = SimpleNamespace(
+            seed=0, max_new_tokens=2, greedy=False, batch_size=2, generation_batch_size=generation_batch_size
+        )
+        s = evaluate.generate_all(lm, tokenizer, prompts, args, 1.0, nullcontext)
+        assert sizes == expected
+        rows = s.token_ids()
+        assert len(rows) == len(prompts)
+        assert all(row[: len(p["prompt_ids"])] == p["prompt_ids"] for row, p in zip(rows, prompts, strict=True))
+
+
 def test_policy_summary_reports_length_and_eos_rate():
     s = samples_of([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], [True, False, True, True], [[7]] * 4)
     summary = policy_summary(s, torch.tensor([1.0, 2.0, 3.0, 6.0]))

@@ -192,6 +192,7 @@ EVAL_FLAGS = {
     },
     "sampling and sizes": {
         "num_prompts", "num_pairs", "max_new_tokens", "temperature", "greedy", "batch_size", "seed", "device",
+        "generation_batch_size",  # test_evaluation: test_generation_batches_follow_their_own_flag
         "samples_per_prompt",  # test_evaluation: test_evaluate_script_with_several_responses_per_prompt
     },
     "precision": {"bf16", "fp16", "torch_dtype", "trust_remote_code"},

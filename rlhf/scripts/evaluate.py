@@ -99,7 +99,19 @@ class EvalArguments:
         },
     )
     batch_size: int = field(
-        default=16, metadata={"help": "Responses per generation batch; sequences per reward-model forward."}
+        default=16,
+        metadata={
+            "help": "Sequences per reward-model or KL forward; responses per generation batch unless "
+            "--generation_batch_size."
+        },
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Responses per generation batch (default: --batch_size). Larger batches generate faster "
+            "where the weights are read once per token for the whole batch (CPUs: the demo's 256 responses take "
+            "~20%% less time in batches of 64 than of 16); they hold that many key-value caches."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Sampling seed (the same for both policies)."})
     gold_column: str = field(
@@ -125,6 +137,8 @@ class EvalArguments:
         for name in ("num_prompts", "num_pairs", "batch_size", "max_new_tokens", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise UsageError(f"--generation_batch_size: expected a positive integer, got {self.generation_batch_size}")
         if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"--temperature: expected a value > 0, got {self.temperature}")
         check_seed(self.seed)
@@ -160,17 +174,18 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def generate_all(lm, tokenizer, prompts, args: EvalArguments, temperature: float, context) -> Samples:
-    """One response per entry of ``prompts`` (a prompt repeated k times gets k), in batches of --batch_size, with a
-    progress bar."""
+    """One response per entry of ``prompts`` (a prompt repeated k times gets k), in batches of
+    --generation_batch_size, with a progress bar."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(args.seed)  # the same draws for both policies
-    starts = range(0, len(prompts), args.batch_size)
+    batch = args.generation_batch_size or args.batch_size
+    starts = range(0, len(prompts), batch)
     parts = [
         sample(
             lm,
             tokenizer,
-            [p["prompt_ids"] for p in prompts[i : i + args.batch_size]],
+            [p["prompt_ids"] for p in prompts[i : i + batch]],
             args.max_new_tokens,
             temperature,
             greedy=args.greedy,
