@@ -57,7 +57,7 @@ class LengthGroupedCall:
     columns, so each row's score is unchanged up to rounding (other batch shapes); gradients flow through every group.
 
     TRL's RewardTrainer pads a batch's chosen and rejected sequences to the longest of them; on the demo's pairs a
-    third of what it computes is padding. Its ``compute_loss`` is given this in place of the model
+    quarter to a third of what it computes is padding. Its ``compute_loss`` is given this in place of the model
     (``length_grouped_reward_trainer``); each group is one call of the model it wraps.
     """
 
