@@ -54,6 +54,19 @@ def split_preference_metrics(chosen: Tensor, rejected: Tensor, content: Sequence
     return result
 
 
+def describe_split_metrics(metrics: dict[str, Any]) -> str:
+    """``split_preference_metrics`` in one line: strict accuracy, tie rate and mean margin, then content and form."""
+    line = (
+        f"accuracy {metrics['accuracy']:.3f} (ties count as wrong), tie rate {metrics['tie_rate']:.3f}, "
+        f"mean margin {metrics['margin_mean']:.3f}"
+    )
+    for kind in ("content", "form"):
+        if part := metrics[kind]:
+            line += f"; {kind} pairs ({part['pairs']}): accuracy {part['accuracy']:.3f}, "
+            line += f"mean margin {part['margin_mean']:.3f}"
+    return line
+
+
 def paired_gain(before: Sequence[float], after: Sequence[float], z: float = 1.96) -> dict[str, float]:
     """Mean of ``after - before`` over paired outcomes (gold accuracy of PPO and SFT on the same prompts: right or
     wrong, or the share right of a prompt's responses) with a normal-approximation interval: a fall of one or two

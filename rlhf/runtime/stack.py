@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,25 @@ def build_reward_trainer(
     import trl
 
     return trl.RewardTrainer(**kwargs)
+
+
+def check_length_groups(groups: int, train_args: Any = None, backend: Backend | None = None) -> None:
+    """reward_modeling's --length_groups: a positive integer, above 1 only where a batch may be computed in several
+    forwards of other shapes: one process (checked before the Trainer's flags set up distribution), no FSDP or
+    DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per shape)."""
+    if groups < 1:
+        raise UsageError(f"--length_groups: expected a positive integer, got {groups}")
+    refused = groups > 1 and [
+        needs
+        for bad, needs in (
+            (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one process (WORLD_SIZE > 1 here)"),
+            (train_args is not None and bool(train_args.fsdp or train_args.deepspeed), "no FSDP or DeepSpeed"),
+            (on_gaudi_stack() or (backend is not None and backend.is_gaudi), "no Gaudi (lazy mode wants one shape)"),
+        )
+        if bad
+    ]
+    if refused:
+        raise UsageError(f"--length_groups {groups}: needs {refused[0]}; use 1")
 
 
 def build_accelerator(backend: Backend, **kwargs: Any) -> Any:

@@ -22,7 +22,6 @@ The output folder loads with ``AutoModelForSequenceClassification``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +29,11 @@ import torch
 
 from rlhf.data.encoding import reward_features
 from rlhf.errors import UsageError
-from rlhf.evaluation import minimal_pair, split_preference_metrics
+from rlhf.evaluation import describe_split_metrics, minimal_pair, split_preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
-from rlhf.runtime.stack import build_reward_trainer, on_gaudi_stack, trainer_config_base
+from rlhf.runtime.stack import build_reward_trainer, check_length_groups, trainer_config_base
 from rlhf.stages.trainer_stage import Run, TrainerStage
 
 logger = logging.getLogger("reward_modeling")
@@ -46,19 +45,15 @@ class ScriptArguments:
     length_groups: int = field(
         default=1,
         metadata={
-            "help": "Compute each training batch (its chosen and rejected sequences) in this many forwards of "
-            "sequences of similar length, each cut after its longest: less padding computed, the same loss and "
-            "gradients up to rounding. 1: one forward padded to the batch's longest sequence (TRL's way). One "
-            "process only, without FSDP or DeepSpeed, not on Gaudi (lazy mode wants one shape)."
+            "help": "Forwards per training batch, each of sequences of similar length cut after its longest: less "
+            "padding computed, the same loss. 1: TRL's one padded forward. One process, no FSDP/DeepSpeed/Gaudi."
         },
     )
 
     def __post_init__(self) -> None:
-        for name in ("eval_batch_size", "length_groups"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.length_groups > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the Trainer's flags
-            raise UsageError(f"--length_groups {self.length_groups}: needs one process (WORLD_SIZE > 1 here); use 1")
+        if self.eval_batch_size < 1:
+            raise UsageError(f"--eval_batch_size: expected a positive integer, got {self.eval_batch_size}")
+        check_length_groups(self.length_groups)
 
 
 @dataclass
@@ -96,14 +91,7 @@ class RewardArguments(trainer_config_base("reward")):
 
 def configure(run: Run) -> None:
     check_model_folder(run.model_args.model_name_or_path, "model_name_or_path")  # a typo stops before the data
-    if run.script.length_groups > 1:
-        launch = [
-            (bool(run.train_args.fsdp or run.train_args.deepspeed), "no FSDP or DeepSpeed"),
-            (run.backend.is_gaudi or on_gaudi_stack(), "no Gaudi (lazy mode compiles one graph per shape)"),
-        ]
-        for refused, needs in launch:
-            if refused:
-                raise UsageError(f"--length_groups {run.script.length_groups}: needs {needs}; use 1")
+    check_length_groups(run.script.length_groups, run.train_args, run.backend)
 
 
 def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
@@ -136,19 +124,7 @@ def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, An
     content = [minimal_pair(r["chosen"], r["rejected"]) for r in rows]
     split = "eval" if run.eval_rows else "train_subset"
     heldout = {**split_preference_metrics(chosen, rejected, content), "split": split}
-    logger.info(
-        "reward model on %d %s pairs: accuracy %.3f (ties count as wrong), tie rate %.3f, mean margin %.3f%s",
-        heldout["pairs"],
-        heldout["split"],
-        heldout["accuracy"],
-        heldout["tie_rate"],
-        heldout["margin_mean"],
-        "".join(
-            f"; {kind} pairs ({part['pairs']}): accuracy {part['accuracy']:.3f}, mean margin {part['margin_mean']:.3f}"
-            for kind in ("content", "form")
-            if (part := heldout[kind])
-        ),
-    )
+    logger.info("reward model on %d %s pairs: %s", heldout["pairs"], split, describe_split_metrics(heldout))
     stats = {**reward_stats(torch.cat([chosen, rejected])), "split": heldout["split"]}
     return {"heldout": heldout}, {STATS_FILE: stats}
 
