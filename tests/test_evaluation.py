@@ -443,6 +443,9 @@ def test_evaluate_script_with_several_responses_per_prompt(tmp_path, tiny_dir):
         a["rm_ppo"] != b["rm_sft"] for i in range(0, 12, 3) for a in samples[i : i + 3] for b in samples[i : i + 3]
     )
     assert 0 < untied and report["judge_agreement"] == {"judges": ["rm", "rm2"], "agreement": 1.0, "pairs": untied}
+    # Two judges reading the same ids score in one pass (their layers shared), each with its own scores.
+    assert "score_rm+rm2" in report["seconds"] and "score_rm" not in report["seconds"]
+    assert all(s[f"rm2_{p}"] == s[f"rm_{p}"] for s in samples for p in ("sft", "ppo"))
     md = build_report(run).read_text()
     assert "(95% CI 0.500–0.500, n=4 prompts, 3×3 response pairs each, ties " in md
     assert f"- rm and rm2 pick the same winner in 1.000 of these response pairs ({untied} that neither ties)" in md

@@ -1065,7 +1065,7 @@ class LayerCalls(EnginePhases):
     update): forward hooks on the layer modules themselves, so a layer that is skipped is not counted."""
 
     def __init__(self, engine: PPOEngine) -> None:
-        from rlhf.ppo.models import decoder_layers
+        from rlhf.models.shared_layers import decoder_layers
 
         super().__init__(engine)
         self.counts: dict[tuple[str, int], int] = {}
@@ -1091,7 +1091,7 @@ def test_frozen_prefix_depth_counts_the_untouched_bottom_layers(four_layer_dir):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlhf.ppo.models import frozen_prefix_depth
+    from rlhf.models.shared_layers import frozen_prefix_depth
 
     def depth(lora_layers, peft=True):
         lm = AutoModelForCausalLM.from_pretrained(str(four_layer_dir))

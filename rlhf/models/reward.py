@@ -21,9 +21,22 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
     Sequences are right-padded with ``pad_token_id`` (distinct from EOS), so the head reads the last real token,
     the same convention as the reward-model training collator.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()  # dropout off: a reward must not depend on a random mask
+    return score_with_each([model], sequences, pad_token_id, batch_size)[0]
+
+
+@torch.no_grad()
+def score_with_each(
+    models: list[Any], sequences: list[list[int]], pad_token_id: int, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """``score_sequences`` under each of ``models`` (one tokenizer), in the same batches; the first layers they hold
+    in common (reward models trained with LoRA over one base) computed once (``SharedLayers``)."""
+    from rlhf.models.shared_layers import SharedLayers
+
+    device = next(models[0].parameters()).device
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()  # dropout off: a reward must not depend on a random mask
+    shared = SharedLayers(models[0], models[1:])
     # Each distinct sequence is scored once, so identical responses get identical scores (an exact tie, whatever
     # batch they would have landed in); batches of similar lengths waste little on padding. Scores come back in the
     # input order.
@@ -40,14 +53,19 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
         for row, seq in enumerate(chunk):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out.append(logits[:, 0].float().cpu())
-    model.train(was_training)
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        out.append(shared(lambda model, inputs=inputs: model(**inputs).logits[:, 0].float().cpu()))
+    for model, training in zip(models, was_training, strict=True):
+        model.train(training)
     if not out:
-        return torch.zeros(0)
-    scores = torch.empty(len(unique))
-    scores[torch.tensor(order)] = torch.cat(out)
-    return scores[torch.tensor(slot)]
+        return [torch.zeros(0) for _ in models]
+    slots, places = torch.tensor(slot), torch.tensor(order)
+    results = []
+    for column in zip(*out, strict=True):
+        scores = torch.empty(len(unique))
+        scores[places] = torch.cat(column)
+        results.append(scores[slots])
+    return results
 
 
 class LengthGroupedCall:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from rlhf.models.reward import RewardScorer
+from rlhf.models.shared_layers import frozen_prefix_depth, frozen_prefix_hidden, prefix_replayed
 from rlhf.ppo.config import MIN_RESPONSE_LENGTH, PPOConfig
 from rlhf.ppo.math import (
     AdaptiveKLController,
@@ -47,9 +48,6 @@ from rlhf.ppo.models import (
     adapter_folded,
     causal_lm_logprobs,
     foldable_lora_layers,
-    frozen_prefix_depth,
-    frozen_prefix_hidden,
-    prefix_replayed,
     response_logprobs,
 )
 from rlhf.ppo.sampling import Samples, sample

@@ -55,7 +55,8 @@ from rlhf.evaluation import (
 )
 from rlhf.models.arguments import LoadArguments
 from rlhf.models.loading import check_causal_lm_folder, check_reward_folder, frozen, load_causal_lm, load_tokenizer
-from rlhf.models.reward import load_scorer, score_sequences
+from rlhf.models.reward import load_scorer, score_with_each
+from rlhf.models.shared_layers import SharedLayers
 from rlhf.outputs.folders import published
 from rlhf.ppo.checkpoint import load_ppo_config
 from rlhf.ppo.models import causal_lm_logprobs
@@ -202,8 +203,10 @@ def response_kl(policy, reference, s: Samples, temperature: float, batch_size: i
     ``batch_size`` responses at a time (all at once would hold responses x length x vocabulary float32 logits per
     policy: gigabytes for the demo's 256, and slower than generating them), grouped by length and cut to the
     columns that hold a token of some row of the group (the samples are padded to the longest prompt and response
-    of all): the forward passes cost what the tokens cost."""
+    of all): the forward passes cost what the tokens cost. The first layers the two policies hold in common (LoRA
+    on the last layers of one SFT model) are computed once (``SharedLayers``)."""
     kl = torch.empty(s.input_ids.shape[0])
+    shared = SharedLayers(reference, [policy])
     lengths = s.attention_mask.sum(1).cpu()
     for group in torch.argsort(lengths, stable=True).split(batch_size):
         rows = group.to(s.input_ids.device)
@@ -212,7 +215,7 @@ def response_kl(policy, reference, s: Samples, temperature: float, batch_size: i
         width = int(responses.any(0).nonzero().max()) + 1 if bool(responses.any()) else 1  # its longest response
         cols = slice(start, s.prompt_width + width)
         inputs = (s.input_ids[rows, cols], mask[:, cols], s.position_ids[rows, cols], s.prompt_width - start)
-        logprobs, ref_logprobs = (causal_lm_logprobs(lm, *inputs, temperature) for lm in (policy, reference))
+        ref_logprobs, logprobs = shared(lambda lm, inputs=inputs: causal_lm_logprobs(lm, *inputs, temperature))
         kl[group] = sequence_kl(logprobs, ref_logprobs, responses[:, :width].to(logprobs.device)).float().cpu()
     return kl
 
@@ -309,22 +312,45 @@ def main(argv: list[str] | None = None) -> int:
     pairs = split.train[: args.num_pairs]
     n, m = len(drawn), len(pairs)
     content = [minimal_pair(p.chosen, p.rejected) for p in pairs]  # pairs that differ in a word or two, not in form
+    sequences: dict[str, list[list[int]]] = {}
     for judge, scorer in scorers.items():
         # The policies' responses (their own token ids when the judge shares their tokenizer and prompt format, as
         # PPO scores them; else the text in the judge's format), then the held-out pairs in the judge's format, all
         # in one length-sorted pass.
-        sequences = []
+        sequences[judge] = []
         for k in ("sft", "ppo"):
             if scorer.accepts_ids_of(tokenizer, fmt):
-                sequences += samples[k].token_ids()
+                sequences[judge] += samples[k].token_ids()
             else:
-                sequences += [scorer.token_ids(*row) for row in zip(systems, questions, samples[k].texts, strict=True)]
+                sequences[judge] += [
+                    scorer.token_ids(*row) for row in zip(systems, questions, samples[k].texts, strict=True)
+                ]
         for answer in ("chosen", "rejected"):
-            sequences += [
+            sequences[judge] += [
                 scorer.token_ids(p.system, p.question, scorer.fmt.render_completion(getattr(p, answer))) for p in pairs
             ]
-        with timed(f"score_{judge}"), context():
-            all_scores = score_sequences(scorer.model, sequences, scorer.tokenizer.pad_token_id, args.batch_size)
+    # Judges given the same ids (the same tokenizer and format) score them in one pass, the first layers they hold
+    # in common computed once.
+    passes: list[list[str]] = []
+
+    def pad_id(judge: str) -> int:
+        return scorers[judge].tokenizer.pad_token_id
+
+    for judge in scorers:
+        for together in passes:
+            if sequences[together[0]] == sequences[judge] and pad_id(together[0]) == pad_id(judge):
+                together.append(judge)
+                break
+        else:
+            passes.append([judge])
+    judge_scores: dict[str, torch.Tensor] = {}
+    for together in passes:
+        models = [scorers[j].model for j in together]
+        with timed("score_" + "+".join(together)), context():
+            scored = score_with_each(models, sequences[together[0]], pad_id(together[0]), args.batch_size)
+        judge_scores.update(zip(together, scored, strict=True))
+    for judge in scorers:
+        all_scores = judge_scores[judge]
         scores[judge] = {"sft": all_scores[:n], "ppo": all_scores[n : 2 * n]}
         chosen, rejected = all_scores[2 * n : 2 * n + m], all_scores[2 * n + m :]
         ppo, sft = scores[judge]["ppo"], scores[judge]["sft"]
