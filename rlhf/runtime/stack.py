@@ -61,17 +61,16 @@ def check_length_groups(groups: int, train_args: Any = None, backend: Backend | 
     DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per shape)."""
     if groups < 1:
         raise UsageError(f"--length_groups: expected a positive integer, got {groups}")
-    refused = groups > 1 and [
-        needs
-        for bad, needs in (
-            (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one process (WORLD_SIZE > 1 here)"),
-            (train_args is not None and bool(train_args.fsdp or train_args.deepspeed), "no FSDP or DeepSpeed"),
-            (on_gaudi_stack() or (backend is not None and backend.is_gaudi), "no Gaudi (lazy mode wants one shape)"),
-        )
-        if bad
-    ]
-    if refused:
-        raise UsageError(f"--length_groups {groups}: needs {refused[0]}; use 1")
+    if groups == 1:
+        return
+    needs = (
+        (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one process (WORLD_SIZE > 1 here)"),
+        (train_args is not None and bool(train_args.fsdp or train_args.deepspeed), "no FSDP or DeepSpeed"),
+        (on_gaudi_stack() or (backend is not None and backend.is_gaudi), "no Gaudi (lazy mode wants one shape)"),
+    )
+    for refused, need in needs:
+        if refused:
+            raise UsageError(f"--length_groups {groups}: needs {need}; use 1")
 
 
 def build_accelerator(backend: Backend, **kwargs: Any) -> Any:
