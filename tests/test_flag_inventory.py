@@ -101,7 +101,8 @@ OURS = {
     "sft": {"dataset_concatenation"},
     "reward_model": {
         "eval_batch_size",
-        "length_groups",  # test_reward_modeling: test_length_groups_train_the_same_reward_model
+        "length_groups",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
+        "share_prompts",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
     },
 }  # fmt: skip
 

@@ -179,7 +179,7 @@ def test_full_fine_tune_without_eval_rows_saves_stats_from_training_pairs(tiny_d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# --length_groups: a batch in forwards of similar lengths, the same loss and gradients for less padding
+# --length_groups, --share_prompts: a batch in several forwards, the same loss and gradients for less work
 
 
 class CountingCalls:
@@ -191,6 +191,27 @@ class CountingCalls:
     def __call__(self, input_ids, attention_mask, **kwargs):
         self.shapes.append(tuple(input_ids.shape))
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def matches_one_padded_forward(model, wrap, ids, mask) -> list[tuple[int, int]]:
+    """Scores and gradients through ``wrap(model)`` equal those of one forward over the whole padded batch (fp32: to
+    float32 rounding); returns the shapes of the forwards ``wrap`` asked the model for."""
+
+    def scores_and_grads(call):
+        model.zero_grad()
+        scores = call(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        (scores * torch.arange(1.0, len(ids) + 1.0).unsqueeze(1)).sum().backward()  # a different weight per row
+        return scores.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    padded_scores, padded_grads = scores_and_grads(model)
+    counting = CountingCalls(model)
+    scores, grads = scores_and_grads(wrap(counting))
+    torch.testing.assert_close(scores, padded_scores, atol=1e-5, rtol=1e-5)
+    assert len(set(scores.flatten().tolist())) == len(ids)  # distinct: a permutation would be caught
+    assert len(grads) == len(padded_grads) > 0
+    for mine, padded in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(mine, padded, atol=1e-5, rtol=1e-4)
+    return counting.shapes
 
 
 def test_length_grouped_call_gives_the_padded_forwards_scores_and_gradients(tiny_dir):
@@ -208,24 +229,62 @@ def test_length_grouped_call_gives_the_padded_forwards_scores_and_gradients(tiny
         ids[row, :n] = torch.randint(5, model.config.vocab_size, (n,))
         mask[row, :n] = 1
 
-    def scores_and_grads(call):
-        model.zero_grad()
-        scores = call(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        (scores * torch.arange(1.0, 7.0).unsqueeze(1)).sum().backward()  # a different weight per row
-        return scores.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    padded_scores, padded_grads = scores_and_grads(model)
+    shapes = matches_one_padded_forward(model, lambda counting: LengthGroupedCall(counting, 3), ids, mask)
+    assert shapes == [(2, 4), (2, 9), (2, 14)]  # rows (3, 4), (5, 9), (12, 14), each cut to its longest
     counting = CountingCalls(model)
-    grouped_scores, grouped_grads = scores_and_grads(LengthGroupedCall(counting, 3))
-    assert counting.shapes == [(2, 4), (2, 9), (2, 14)]  # rows (3, 4), (5, 9), (12, 14), each cut to its longest
-    torch.testing.assert_close(grouped_scores, padded_scores, atol=1e-5, rtol=1e-5)
-    assert len(set(grouped_scores.flatten().tolist())) == len(lengths)  # distinct: a permutation would be caught
-    assert len(grouped_grads) == len(padded_grads) > 0
-    for grouped, padded in zip(grouped_grads, padded_grads, strict=True):
-        torch.testing.assert_close(grouped, padded, atol=1e-5, rtol=1e-4)
-    counting.shapes.clear()
     LengthGroupedCall(counting, 10)(input_ids=ids[:2], attention_mask=mask[:2])
     assert counting.shapes == [(1, 3), (1, 14)]  # more groups than rows: one row a forward
+
+
+def preference_batch(model, prompts, answers):
+    """TRL's layout: the chosen rows (prompt + first answer), then the rejected ones, right-padded to the longest."""
+    pad = model.config.pad_token_id
+    sequences = [p + a[0] for p, a in zip(prompts, answers, strict=True)]
+    sequences += [p + a[1] for p, a in zip(prompts, answers, strict=True)]
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize(
+    "groups, shapes",
+    [
+        (1, [(4, 12), (8, 8)]),  # prompts of 7, 3, 12 and 0 tokens; answers of 1 to 8 tokens after them
+        (2, [(2, 3), (4, 4), (2, 12), (4, 8)]),  # pairs sorted by prompt length: (4th, 2nd), (1st, 3rd)
+        (4, [(2, 3), (1, 3), (2, 4), (1, 7), (2, 8), (1, 12), (2, 5)]),  # the 4th pair alone: its rows as they are
+    ],
+)
+def test_shared_prompt_call_gives_the_padded_forwards_scores_and_gradients(tiny_dir, groups, shapes):
+    """Four pairs: prompts of 7, 2 and 11 tokens and none, answers of other lengths (the second pair's share a first
+    word, the third's rejected answer is its chosen one cut short, so the prompt it shares is 12 tokens: each answer
+    keeps its last token). The prompts computed once, in one or more groups of pairs, and the scores and gradients
+    of one forward over the whole padded batch."""
+    from rlhf.models.reward import SharedPromptCall
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).eval()
+
+    def tokens(n):
+        return torch.randint(5, model.config.vocab_size, (n,)).tolist()
+
+    word, long_answer = tokens(1), tokens(6)
+    first = tokens(1)
+    answers = [
+        (tokens(3), tokens(8)),
+        (word + tokens(4), word + tokens(1)),
+        (long_answer, long_answer[:2]),
+        (first + tokens(2), [first[0] + 1] + tokens(1)),
+    ]
+    ids, mask = preference_batch(model, [tokens(7), tokens(2), tokens(11), []], answers)
+
+    def wrap(counting):
+        return SharedPromptCall(counting, model.config.pad_token_id, groups)
+
+    assert matches_one_padded_forward(model, wrap, ids, mask) == shapes
 
 
 def varied_rows(n: int) -> list[dict]:
@@ -237,24 +296,28 @@ def varied_rows(n: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_length_groups_train_the_same_reward_model(tiny_dir, tmp_path, bf16):
-    """The stage with --length_groups 3 logs the losses of the stage with 1 (TRL's one padded forward) and ends with
-    the same scores, to the rounding of the precision it trained in."""
+@pytest.mark.parametrize(
+    "plan", [["--length_groups", "3"], ["--share_prompts"], ["--share_prompts", "--length_groups", "2"]]
+)
+def test_batch_plans_train_the_same_reward_model(tiny_dir, tmp_path, bf16, plan):
+    """The stage with --length_groups 3, or --share_prompts (in 1 or 2 groups of pairs), logs the losses of the stage
+    computing each batch in TRL's one padded forward and ends with the same scores, to the rounding of the precision
+    it trained in."""
     reward_modeling = importlib.import_module("reward_modeling")
     data = write_rows(tmp_path / "pairs.jsonl", varied_rows(24))
     flags = "--validation_split_percentage 0 --peft none --torch_dtype float32 --max_steps 4 --report_to none "
     flags += f"--save_strategy no --per_device_train_batch_size 3 --logging_steps 1 --learning_rate 1e-3 --bf16 {bf16}"
-    runs = {}
-    for groups in (1, 3):
-        out = tmp_path / f"rm{groups}"
+    runs = []
+    for extra in ([], plan):
+        out = tmp_path / f"rm{len(runs)}"
         paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(out)]
-        assert reward_modeling.main([*paths, *flags.split(), "--length_groups", str(groups)]) == 0
-        runs[groups] = json.loads((out / "metrics.json").read_text()), load_reward_stats(out)
-    (metrics1, stats1), (metrics3, stats3) = runs[1], runs[3]
-    tol = 5e-2 if bf16 else 1e-4  # bf16 autocast: 8 mantissa bits, other matmul shapes per group
-    assert metrics3["train"]["train_loss"] == pytest.approx(metrics1["train"]["train_loss"], abs=tol)
-    assert stats3["mean"] == pytest.approx(stats1["mean"], abs=tol) and stats3["std"] > 0
-    assert metrics3["heldout"]["margin_mean"] == pytest.approx(metrics1["heldout"]["margin_mean"], abs=tol)
+        assert reward_modeling.main([*paths, *flags.split(), *extra]) == 0
+        runs.append((json.loads((out / "metrics.json").read_text()), load_reward_stats(out)))
+    (padded, padded_stats), (planned, planned_stats) = runs
+    tol = 5e-2 if bf16 else 1e-4  # bf16 autocast: 8 mantissa bits, other matmul shapes per forward
+    assert planned["train"]["train_loss"] == pytest.approx(padded["train"]["train_loss"], abs=tol)
+    assert planned_stats["mean"] == pytest.approx(padded_stats["mean"], abs=tol) and planned_stats["std"] > 0
+    assert planned["heldout"]["margin_mean"] == pytest.approx(padded["heldout"]["margin_mean"], abs=tol)
 
 
 @pytest.mark.parametrize(
@@ -263,9 +326,11 @@ def test_length_groups_train_the_same_reward_model(tiny_dir, tmp_path, bf16):
         (["--length_groups", "0"], {}, "--length_groups: expected a positive integer, got 0"),
         (["--length_groups", "2"], {"WORLD_SIZE": "2", "RANK": "1"}, "--length_groups 2: needs one process"),
         (["--length_groups", "2", "--fsdp", "full_shard"], {}, "--length_groups 2: needs no FSDP or DeepSpeed"),
+        (["--share_prompts"], {"WORLD_SIZE": "2", "RANK": "1"}, "--share_prompts: needs one process"),
+        (["--share_prompts", "--gradient_checkpointing"], {}, "--share_prompts: needs the key-value cache"),
     ],
 )
-def test_length_groups_that_cannot_work_are_refused_in_one_line(
+def test_batch_plans_that_cannot_work_are_refused_in_one_line(
     tiny_dir, tmp_path, capfd, monkeypatch, flags, env, expected
 ):
     reward_modeling = importlib.import_module("reward_modeling")

@@ -39,13 +39,22 @@ def build_sft_trainer(backend: Backend, backend_args: BackendArguments, **kwargs
 
 
 def build_reward_trainer(
-    backend: Backend, backend_args: BackendArguments, length_groups: int = 1, **kwargs: Any
+    backend: Backend,
+    backend_args: BackendArguments,
+    length_groups: int = 1,
+    share_prompts: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """TRL's RewardTrainer, or GaudiRewardTrainer on the Gaudi stack (rlhf.runtime.gaudi); ``kwargs``: its names.
-    ``length_groups`` above 1 (reward_modeling's --length_groups, checked there): each batch in that many forwards of
-    rows of similar length (rlhf.models.reward.LengthGroupedCall)."""
+    How a training batch is computed (``RewardBatchArguments``, checked there): ``length_groups`` above 1, in that
+    many forwards of rows of similar length (rlhf.models.reward.LengthGroupedCall); ``share_prompts``, each pair's
+    prompt once (rlhf.models.reward.SharedPromptCall)."""
     if on_gaudi_stack():
         return gaudi_reward_trainer(backend, backend_args, **kwargs)
+    if share_prompts:
+        from rlhf.models.reward import shared_prompt_reward_trainer
+
+        return shared_prompt_reward_trainer(length_groups, **kwargs)
     if length_groups > 1:
         from rlhf.models.reward import length_grouped_reward_trainer
 
@@ -55,22 +64,57 @@ def build_reward_trainer(
     return trl.RewardTrainer(**kwargs)
 
 
-def check_length_groups(groups: int, train_args: Any = None, backend: Backend | None = None) -> None:
-    """reward_modeling's --length_groups: a positive integer, above 1 only where a batch may be computed in several
-    forwards of other shapes: one process (checked before the Trainer's flags set up distribution), no FSDP or
-    DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per shape)."""
+@dataclass
+class RewardBatchArguments:
+    """How reward_modeling computes a training batch, instead of TRL's one padded forward (both: the same loss up to
+    rounding, for less work; one process, no FSDP/DeepSpeed/Gaudi)."""
+
+    length_groups: int = field(
+        default=1,
+        metadata={
+            "help": "Forwards per training batch, each of sequences of similar length cut after its longest: less "
+            "padding computed, the same loss. 1: TRL's one padded forward. With --share_prompts: groups of pairs of "
+            "similar prompt length, each in its own prompt and answer forwards. One process, no FSDP/DeepSpeed/Gaudi."
+        },
+    )
+    share_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute each pair's prompt (the tokens its two answers start with) once for both, and the "
+            "answers from its key-value cache: the same loss up to rounding, for less work where prompts are long "
+            "(with dropout on, --disable_dropout False, one mask per prompt). One process, no FSDP/DeepSpeed/Gaudi, "
+            "no --gradient_checkpointing."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_reward_batching(self)
+
+
+def check_reward_batching(batch: RewardBatchArguments, train_args: Any = None, backend: Backend | None = None) -> None:
+    """``RewardBatchArguments`` that can work: a positive --length_groups; above 1, or --share_prompts, only where a
+    batch may be computed in several forwards of other shapes: one process (checked before the Trainer's flags set
+    up distribution), no FSDP or DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per
+    shape)."""
+    groups = batch.length_groups
     if groups < 1:
         raise UsageError(f"--length_groups: expected a positive integer, got {groups}")
-    if groups == 1:
+    if groups == 1 and not batch.share_prompts:
         return
+    flag = "--share_prompts" if batch.share_prompts else f"--length_groups {groups}"
+    use = "leave --share_prompts off" if batch.share_prompts else "use 1"
     needs = (
         (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one process (WORLD_SIZE > 1 here)"),
         (train_args is not None and bool(train_args.fsdp or train_args.deepspeed), "no FSDP or DeepSpeed"),
         (on_gaudi_stack() or (backend is not None and backend.is_gaudi), "no Gaudi (lazy mode wants one shape)"),
+        (
+            batch.share_prompts and train_args is not None and bool(train_args.gradient_checkpointing),
+            "the key-value cache, which --gradient_checkpointing turns off",
+        ),
     )
     for refused, need in needs:
         if refused:
-            raise UsageError(f"--length_groups {groups}: needs {need}; use 1")
+            raise UsageError(f"{flag}: needs {need}; {use}")
 
 
 def build_accelerator(backend: Backend, **kwargs: Any) -> Any:

@@ -33,27 +33,20 @@ from rlhf.evaluation import describe_split_metrics, minimal_pair, split_preferen
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
-from rlhf.runtime.stack import build_reward_trainer, check_length_groups, trainer_config_base
+from rlhf.runtime.stack import RewardBatchArguments, build_reward_trainer, check_reward_batching, trainer_config_base
 from rlhf.stages.trainer_stage import Run, TrainerStage
 
 logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(RewardBatchArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
-    length_groups: int = field(
-        default=1,
-        metadata={
-            "help": "Forwards per training batch, each of sequences of similar length cut after its longest: less "
-            "padding computed, the same loss. 1: TRL's one padded forward. One process, no FSDP/DeepSpeed/Gaudi."
-        },
-    )
 
     def __post_init__(self) -> None:
         if self.eval_batch_size < 1:
             raise UsageError(f"--eval_batch_size: expected a positive integer, got {self.eval_batch_size}")
-        check_length_groups(self.length_groups)
+        super().__post_init__()
 
 
 @dataclass
@@ -91,7 +84,7 @@ class RewardArguments(trainer_config_base("reward")):
 
 def configure(run: Run) -> None:
     check_model_folder(run.model_args.model_name_or_path, "model_name_or_path")  # a typo stops before the data
-    check_length_groups(run.script.length_groups, run.train_args, run.backend)
+    check_reward_batching(run.script, run.train_args, run.backend)
 
 
 def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
@@ -109,7 +102,7 @@ def load_model(run: Run) -> tuple[Any, dict[str, Any]]:
     )
     model = with_lora(model, args.peft_config("SEQ_CLS", modules_to_save=["score"]))
     upcast_trainable(model)
-    return model, {"length_groups": run.script.length_groups}
+    return model, {"length_groups": run.script.length_groups, "share_prompts": run.script.share_prompts}
 
 
 def after_training(run: Run, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
