@@ -10,7 +10,9 @@ response compared with every SFT one, which measures the same win rate with less
 overrides it. Each seed's win rate under the held-out judge (rm2, else rm) with its 95% interval, gold accuracy of SFT
 and PPO with PPO's gain and its interval, KL(PPO || SFT) and PPO's EOS rate go into a table, with the worst seed
 underneath; ``out/bench/learning.json`` keeps the numbers and BENCHMARKS.md gets the table in its "Learning" section
-(``make bench`` keeps that section when it rewrites the rest).
+(``make bench`` keeps that section when it rewrites the rest). That section is the demo config's: with another
+``--config`` (e.g. a copy pointing at other data) the numbers go to ``learning.json`` in its output folder and
+BENCHMARKS.md is left as it is, unless ``--benchmarks_md`` asks for it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from bench.common import OUT, ROOT, machine, marked, replace_block
 
 BLOCK = "learning"  # BENCHMARKS.md's section that this benchmark owns (make bench keeps it)
+DEMO_CONFIG = ROOT / "configs" / "demo.json"  # the config whose table BENCHMARKS.md publishes
 TARGET_MIN_WIN_RATE = 0.65
 
 
@@ -157,6 +160,15 @@ def seed_commands(
     return ppo_argv, eval_argv
 
 
+def destinations(config: str, output: Path, benchmarks_md: bool = False) -> tuple[Path, Path | None]:
+    """Where a run's numbers go: its ``learning.json`` and the BENCHMARKS.md whose section it rewrites (None: left
+    alone). The published section is the demo config's; a run of another config keeps its numbers in its own output
+    folder unless ``benchmarks_md`` says otherwise."""
+    if benchmarks_md or Path(config).resolve() == DEMO_CONFIG.resolve():
+        return OUT / "learning.json", ROOT / "BENCHMARKS.md"
+    return output / "learning.json", None
+
+
 def host() -> str:
     from rlhf.runtime.precision import native_bf16
 
@@ -179,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated PPO/evaluation seeds")
     parser.add_argument("--output", help="the pipeline folder holding (or to hold) sft/, rm/, rm2/ (default: config)")
     parser.add_argument("--force", action="store_true", help="rerun seeds whose evaluation is complete")
+    parser.add_argument(
+        "--benchmarks_md",
+        action="store_true",
+        help="write the table into BENCHMARKS.md for a config other than configs/demo.json too",
+    )
     parser.add_argument(
         "--eval_samples",
         type=int,
@@ -227,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": rows,
         "worst": worst(rows),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "learning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    numbers, bench_md = destinations(args.config, out, args.benchmarks_md)
+    numbers.parent.mkdir(parents=True, exist_ok=True)
+    numbers.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("\n" + table(rows))
-    bench_md = ROOT / "BENCHMARKS.md"
+    if bench_md is None:
+        print(f"wrote {numbers}; BENCHMARKS.md left as it is (its table is {DEMO_CONFIG.name}'s; --benchmarks_md)")
+        return 0
     old = bench_md.read_text(encoding="utf-8") if bench_md.is_file() else "# Benchmarks\n"
     bench_md.write_text(replace_block(old, BLOCK, section(result)), encoding="utf-8")
-    print(f"wrote {OUT / 'learning.json'} and the learning section of {bench_md}")
+    print(f"wrote {numbers} and the learning section of {bench_md}")
     return 0
 
 

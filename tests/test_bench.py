@@ -316,6 +316,22 @@ def test_learning_seed_commands_keep_the_configs_evaluation_draws_unless_overrid
     assert evaluation(4) == 4 and evaluation(1) == 1
 
 
+def test_learning_publishes_only_the_demo_configs_table(tmp_path, monkeypatch):
+    """BENCHMARKS.md's Learning section is the demo config's: a copy pointing at other data keeps its numbers in its
+    own output folder (the section would otherwise be overwritten by a run on unseen data), unless asked."""
+    from bench.common import OUT
+    from bench.learning import destinations
+
+    monkeypatch.chdir(tmp_path)  # a relative --config resolves from where the command runs
+    (tmp_path / "configs").mkdir()
+    copy = tmp_path / "configs" / "demo.json"  # the same file name elsewhere is another config
+    copy.write_text((ROOT / "configs" / "demo.json").read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out" / "unseen"
+    assert destinations(str(ROOT / "configs" / "demo.json"), out) == (OUT / "learning.json", ROOT / "BENCHMARKS.md")
+    assert destinations("configs/demo.json", out) == (out / "learning.json", None)
+    assert destinations(str(copy), out, benchmarks_md=True) == (OUT / "learning.json", ROOT / "BENCHMARKS.md")
+
+
 def test_a_marked_section_of_benchmarks_md_is_replaced_alone_and_kept_by_name():
     from bench.common import extract_block, marked, replace_block
 

@@ -132,23 +132,21 @@ class SharedPromptCall:
         chosen, rejected = input_ids[:pairs], input_ids[pairs:]
         common = (chosen == rejected).int().cumprod(1).sum(1)
         shared = torch.minimum(common, torch.minimum(lengths[:pairs], lengths[pairs:]) - 1).clamp(min=0)
-        logits = [None] * rows
+        logits, order = [], []
         for group in torch.argsort(shared, stable=True).tensor_split(min(self.groups, pairs)):
             # Each pair's rows side by side (chosen, rejected), to match its prompt's cache repeated twice.
             at = torch.stack([group, group + pairs], 1).flatten()
-            scores = self._pairs(input_ids[at], lengths[at], shared[group], kwargs)
-            for row, score in zip(at.tolist(), scores, strict=True):
-                logits[row] = score
-        return SequenceClassifierOutputWithPast(logits=torch.stack(logits))
+            logits.append(self._pairs(input_ids[at], lengths[at], shared[group], kwargs))
+            order.append(at)
+        return SequenceClassifierOutputWithPast(logits=torch.cat(logits)[torch.argsort(torch.cat(order))])
 
     def _pairs(self, ids: Tensor, lengths: Tensor, shared: Tensor, kwargs: dict[str, Any]) -> Tensor:
         """Scores of ``ids``: each pair's two rows in a row, its first ``shared`` tokens in common."""
         device, width = ids.device, ids.shape[1]
         width_p = int(shared.max())
         if width_p == 0:  # nothing in common: the rows as they are, cut after the longest
-            cut = int(lengths.max())
-            mask = (torch.arange(cut, device=device)[None, :] < lengths[:, None]).long()
-            return self.model(input_ids=ids[:, :cut], attention_mask=mask, **kwargs).logits
+            mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+            return LengthGroupedCall(self.model, 1)(ids, mask, **kwargs).logits
         # The prompts, left-padded to the longest: column c of pair i holds its token c - (width_p - shared[i]).
         source = torch.arange(width_p, device=device)[None, :] - (width_p - shared[:, None])
         prompt_mask = source >= 0
