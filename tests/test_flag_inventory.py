@@ -103,6 +103,7 @@ OURS = {
         "eval_batch_size",
         "length_groups",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
         "share_prompts",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
+        "average_seeds",  # test_weight_average: test_the_published_weights_are_the_members_mean_and_measured_like...
     },
 }  # fmt: skip
 

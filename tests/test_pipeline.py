@@ -276,6 +276,11 @@ def test_rm2_flags_that_would_undo_its_independence_are_refused(tmp_path):
         ),
         "abbreviated": ({"rm2": ["--dataset_n=x"]}, "'rm2': --dataset_n (--dataset_name) is set by the pipeline"),
         "same seed": ({"rm": ["--seed", "7"], "rm2": ["--seed=7"]}, "'rm2': --seed 7 is rm's seed too"),
+        "a member's seed": (
+            {"rm": ["--seed", "7", "--average_seeds", "3"], "rm2": ["--seed", "9"]},
+            "'rm2': --seed 9 is the seed of one of rm's members (7-9) too",
+        ),
+        "no count": ({"rm": ["--average_seeds", "two"], "rm2": []}, "'rm': --average_seeds expects a positive integer"),
     }
     for name, (stages, message) in cases.items():
         path = tmp_path / "c.json"

@@ -64,3 +64,22 @@ def test_with_matplotlib_the_report_links_its_plots(run):
     for name in ("sft_loss.png", "rm_training.png", "rm_margins.png", "ppo.png"):
         assert (run / name).is_file() and f"]({name})" in report
     assert "| step | train loss |" not in report
+
+
+def test_an_averaged_reward_model_is_named_and_each_member_drawn_apart(run, monkeypatch):
+    """``--average_seeds 2``: the report says the model is an average of which seeds, and each member's training
+    curve is its own (one line per seed, not one line jumping back to step 1)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # tables: the curves can be read back
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    rows = [{"seed": seed, "step": s, "loss": 0.7 - s / 10, "accuracy": s / 10 + seed - 42} for seed in (42, 43)
+            for s in (1, 2)]  # fmt: skip
+    write_jsonl(run / "rm" / "log_history.jsonl", rows)
+    heldout = {"split": "eval", "pairs": 4, "accuracy": 1.0, "tie_rate": 0.0, "margin_mean": 2.0}
+    metrics = {"heldout": heldout, "average_seeds": 2, "members": [{"seed": 42}, {"seed": 43}]}
+    (run / "rm" / "metrics.json").write_text(json.dumps(metrics))
+    report = build_report(run).read_text(encoding="utf-8")
+    assert "The weight average of 2 runs (seeds 42, 43; `--average_seeds`)." in report
+    header = (
+        "| step | train accuracy (seed 42) | train loss (seed 42) | train accuracy (seed 43) | train loss (seed 43) |"
+    )
+    assert header in report and "| 2 | 0.200 | 0.500 | 1.200 | 0.500 |" in report

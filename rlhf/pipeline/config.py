@@ -92,3 +92,13 @@ def _seed(key: str, flags: list[str]) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"'{key}': --seed expects an integer, got {value!r}") from None
+
+
+def _count(key: str, flags: list[str], name: str) -> int:
+    """A positive integer flag's value (1 when absent)."""
+    value = last_value(flags, name)
+    if value is None:
+        return 1
+    if not (value.isdigit() and int(value) > 0):
+        raise ConfigError(f"'{key}': {name} expects a positive integer, got {value!r}")
+    return int(value)

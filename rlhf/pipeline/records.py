@@ -13,6 +13,7 @@ from rlhf.data.pairs import data_fingerprint as fingerprint
 from rlhf.outputs.folders import COMPLETE_MARKER, is_complete, write_whole
 from rlhf.outputs.trainer_checkpoints import latest_trainer_checkpoint
 from rlhf.pipeline.stages import Stage
+from rlhf.stages.weight_average import has_members, members_dir
 
 # ---------------------------------------------------------------------------------------------------- records
 
@@ -146,8 +147,9 @@ def is_done(stage: Stage) -> bool:
 
 def latest_checkpoint(stage: Stage) -> Path | None:
     """The newest complete checkpoint in the stage's folder: what ``--resume_from_checkpoint latest`` would take."""
-    if stage.checkpoints == "trainer":
-        return latest_trainer_checkpoint(stage.clean)
+    if stage.checkpoints == "trainer":  # an averaged reward model (--average_seeds) resumes from its members
+        found = latest_trainer_checkpoint(stage.clean)
+        return found or (members_dir(stage.clean) if has_members(stage.clean) else None)
     if stage.checkpoints == "ppo" and stage.clean.is_dir():
         found = []
         for path in stage.clean.iterdir():

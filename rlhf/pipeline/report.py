@@ -153,13 +153,18 @@ def build_report(run: Path) -> Path:
             f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}{_content_and_form(h)}.",
             "",
         ]
+        if rm.get("average_seeds", 1) > 1:
+            seeds = ", ".join(str(m["seed"]) for m in rm.get("members", []))
+            lines += [f"The weight average of {rm['average_seeds']} runs (seeds {seeds}; `--average_seeds`).", ""]
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
+    curves = {}
+    for seed in dict.fromkeys(r.get("seed") for r in rm_history):  # an averaged model: one curve per member
+        rows, which = [r for r in rm_history if r.get("seed") == seed], "" if seed is None else f" (seed {seed})"
+        curves[f"train accuracy{which}"] = ([r["step"] for r in rows], [r["accuracy"] for r in rows])
+        curves[f"train loss{which}"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
     lines += _plot(
         run / "rm_training.png",
-        {
-            "train accuracy": ([r["step"] for r in rm_history], [r["accuracy"] for r in rm_history]),
-            "train loss": ([r["step"] for r in rm_history], [r["loss"] for r in rm_history]),
-        },
+        curves,
         "Reward model",
         "step",
         alt="RM training",

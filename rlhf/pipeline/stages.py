@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.outputs.folders import write_whole
-from rlhf.pipeline.config import RM_SEED, ConfigError, _seed, last_value
+from rlhf.pipeline.config import RM_SEED, ConfigError, _count, _seed, last_value
 
 # ---------------------------------------------------------------------------------------------------- the stages
 
@@ -47,10 +47,12 @@ def judge_seeds(config: dict) -> dict[str, list[str]]:
     if rm_seed is None:
         rm_seed = RM_SEED
         seeds["rm"] = ["--seed", str(rm_seed)]  # explicit, so rm2's can differ without knowing the scripts' default
+    used = range(rm_seed, rm_seed + _count("rm", config.get("rm", []), "--average_seeds"))  # rm's members' seeds
     if rm2_seed is None:
-        seeds["rm2"] = ["--seed", str(rm_seed + 1)]
-    elif rm2_seed == rm_seed:
-        raise ConfigError(f"'rm2': --seed {rm2_seed} is rm's seed too; rm2 needs its own (or leave it out)")
+        seeds["rm2"] = ["--seed", str(used.stop)]
+    elif rm2_seed in used:
+        whose = "rm's seed" if len(used) == 1 else f"the seed of one of rm's members ({used.start}-{used.stop - 1})"
+        raise ConfigError(f"'rm2': --seed {rm2_seed} is {whose} too; rm2 needs its own (or leave it out)")
     return seeds
 
 

@@ -15,7 +15,8 @@ dropout 0.1, as the reference) and the score head trained in full. The text is t
 the held-out pairs (first ``--validation_split_percentage`` % of the rows) give strict accuracy (ties count as
 wrong), tie rate and margin, over all pairs and apart for content pairs (answers a word or two apart) and form
 pairs (metrics.json ``heldout.content`` / ``.form``); the mean/std of rewards there is saved as
-``reward_stats.json`` for PPO to normalise.
+``reward_stats.json`` for PPO to normalise. ``--average_seeds N``: the weight average of N seeds' runs
+(rlhf.stages.weight_average), measured and saved the same way.
 The output folder loads with ``AutoModelForSequenceClassification``.
 """
 
@@ -28,19 +29,20 @@ from typing import Any
 import torch
 
 from rlhf.data.encoding import reward_features
-from rlhf.errors import UsageError
+from rlhf.errors import UsageError, run_main
 from rlhf.evaluation import describe_split_metrics, minimal_pair, split_preference_metrics
 from rlhf.models.arguments import DTYPES, ModelArguments
 from rlhf.models.loading import check_model_folder, load_reward_model, upcast_trainable, with_lora
 from rlhf.models.reward import STATS_FILE, reward_stats, score_sequences
 from rlhf.runtime.stack import RewardBatchArguments, build_reward_trainer, check_reward_batching, trainer_config_base
 from rlhf.stages.trainer_stage import Run, TrainerStage
+from rlhf.stages.weight_average import AverageArguments, train_averaged
 
 logger = logging.getLogger("reward_modeling")
 
 
 @dataclass
-class ScriptArguments(RewardBatchArguments):
+class ScriptArguments(AverageArguments, RewardBatchArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size when scoring held-out pairs at the end."})
 
     def __post_init__(self) -> None:
@@ -134,7 +136,14 @@ REWARD_MODEL = TrainerStage(
 )
 
 
-main, cli = REWARD_MODEL.main, REWARD_MODEL.cli  # what the top-level script and the console command run
+def main(argv: list[str] | None = None) -> int:
+    """What the top-level script and the console command run: one run, or the average of --average_seeds runs."""
+    return train_averaged(REWARD_MODEL, argv, after_training)
+
+
+def cli() -> None:
+    run_main(main)  # one-line errors and exit codes
+
 
 if __name__ == "__main__":  # python -m rlhf.scripts.reward_modeling
     cli()

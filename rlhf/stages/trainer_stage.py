@@ -85,15 +85,21 @@ class Run:
     eval_rows: list[dict[str, Any]] | None = None
 
 
-def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int:
-    # ------------------------------------------------------------------ arguments
+def parse_stage_arguments(stage: TrainerStage, argv: list[str] | None) -> tuple:
+    """The stage's flags, in this order: script, model, StageArguments, DataArguments, HubArguments,
+    BackendArguments, training (TRL's config)."""
     adopt_mpi_environment()
     # TRL's own default (gradient_checkpointing=True) trips transformers 5's rename warning on every run.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     argv = drop_debug_switch(argv)  # --debug: full tracebacks (run_main); not the Trainer's --debug <features>
     script_type, model_type, train_type = stage.arguments
     types = (script_type, model_type, StageArguments, DataArguments, HubArguments, BackendArguments, train_type)
-    script, model_args, stage_args, data_args, hub, backend_args, train_args = parse_arguments(types, argv, stage.usage)
+    return parse_arguments(types, argv, stage.usage)
+
+
+def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------ arguments
+    script, model_args, stage_args, data_args, hub, backend_args, train_args = parse_stage_arguments(stage, argv)
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
     backend = select_backend(backend_args)

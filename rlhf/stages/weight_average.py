@@ -1,0 +1,238 @@
+"""A reward model averaged over seeds: ``reward_modeling.py --average_seeds N``.
+
+N runs of the same recipe that differ only in ``--seed`` (the LoRA and score-head initialisation, the order of the
+pairs), published as one model whose weights are the mean of theirs (weight-averaged reward models: Ramé et al.,
+2024, "WARM"). One run's reward model ranks the pairs it was shown well, but where it is wrong depends on its seed,
+and PPO finds those places; the average keeps what the runs agree on. It costs N trainings, and nothing at scoring
+time: the result is one model of the same size.
+
+Each member is an ordinary run of the stage into ``<output_dir>/checkpoints/members/seed_S`` (its Trainer checkpoints
+inside it), so ``--resume_from_checkpoint latest`` keeps the finished members and resumes the one that was cut off;
+without it every member is trained afresh. The members' saved (merged) weights are averaged tensor by tensor, each in
+its own dtype: with LoRA the mean is of the fine-tuned models, not of their low-rank factors. The held-out metrics and
+the reward statistics are then measured on the average, exactly as a single run measures its own, and the folder is
+published like a single run's: complete or absent, the members removed with the checkpoints unless
+``--keep_checkpoints``. One process only (a multi-process launch is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from rlhf.errors import RunError, UsageError, first_line
+from rlhf.outputs.folders import (
+    COMPLETE_MARKER,
+    discard_staging,
+    is_complete,
+    prepare_staging,
+    publish_staged,
+    start_output,
+)
+from rlhf.outputs.trainer_checkpoints import checkpoints_dir, remove_checkpoints
+
+logger = logging.getLogger("rlhf.stages.weight_average")
+
+MEMBERS = "members"
+# What a member's folder holds that the average gets anew (the rest, config and tokenizer files, is copied).
+MEASURED = ("metrics.json", "reward_stats.json", "log_history.jsonl", "README.md", COMPLETE_MARKER)
+
+
+@dataclass
+class AverageArguments:
+    average_seeds: int = field(
+        default=1,
+        metadata={
+            "help": "Train N reward models that differ only in their seed (--seed, --seed + 1, ...) and publish the "
+            "average of their weights: where one seed's model is wrong, PPO exploits it; the average is wrong in "
+            "fewer places. N times the training time, no cost when scoring. One process; the members are kept "
+            "for --resume_from_checkpoint latest in <output_dir>/checkpoints/members/."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.average_seeds < 1:
+            raise UsageError(f"--average_seeds: expected a positive integer, got {self.average_seeds}")
+        if self.average_seeds > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the Trainer's flags
+            raise UsageError(  # set up distribution
+                f"--average_seeds {self.average_seeds}: needs one process (under a launcher, train each seed with "
+                "--seed into its own folder)"
+            )
+        getattr(super(), "__post_init__", lambda: None)()  # the other flag classes of the script
+
+
+def members_dir(output_dir: str | Path) -> Path:
+    """Where the members of an averaged run of ``output_dir`` are trained."""
+    return checkpoints_dir(output_dir) / MEMBERS
+
+
+def has_members(output_dir: str | Path) -> bool:
+    """An averaged run was started here: something the next ``--resume_from_checkpoint latest`` can keep."""
+    folder = members_dir(output_dir)
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The safetensors files of a saved model: one, or the shards its index names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    if (folder / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise RunError(f"{folder}: no model.safetensors (or index) to average")
+
+
+def average_weights(members: list[Path], into: Path) -> None:
+    """Write into ``into`` the tensor-by-tensor mean of the members' weight files (computed in float32, stored in
+    each tensor's own dtype); the members must hold the same tensors with the same shapes."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    files = weight_files(members[0])
+    for other in members[1:]:
+        if weight_files(other) != files:
+            raise RunError(f"{other}: its weight files differ from {members[0]}'s; they cannot be averaged")
+    for name in files:
+        handles = [safe_open(str(m / name), framework="pt") for m in members]
+        keys = set(handles[0].keys())
+        for member, handle in zip(members[1:], handles[1:], strict=True):
+            if set(handle.keys()) != keys:
+                raise RunError(f"{member / name}: other tensors than {members[0] / name}; they cannot be averaged")
+        averaged = {}
+        for key in sorted(keys):
+            tensors = [h.get_tensor(key) for h in handles]
+            if any(t.shape != tensors[0].shape for t in tensors):
+                raise RunError(f"{name}: tensor {key} has different shapes in the members; they cannot be averaged")
+            if tensors[0].is_floating_point():
+                mean = torch.stack([t.float() for t in tensors]).mean(0)
+                averaged[key] = mean.to(tensors[0].dtype).contiguous()
+            else:  # integer buffers (position ids...) are the same in every member
+                averaged[key] = tensors[0].contiguous()
+        save_file(averaged, str(into / name), metadata={"format": "pt"})
+    index = members[0] / "model.safetensors.index.json"
+    if index.is_file():
+        shutil.copy2(index, into / index.name)
+
+
+def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, Any], tuple[dict, dict]]) -> int:
+    """The stage's ``main``: one run as before, or with ``--average_seeds N`` the members, then their average.
+
+    ``measure(run, trainer)`` is the stage's ``after_training``: called with the averaged model as the trainer's
+    ``model``, it gives the metrics and files a single run would save.
+    """
+    from rlhf.cli import setup_logging
+    from rlhf.stages.trainer_stage import parse_stage_arguments, run_trainer_stage
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    parsed = parse_stage_arguments(stage, args)
+    script, stage_args, train_args = parsed[0], parsed[2], parsed[-1]
+    count = script.average_seeds
+    if count == 1:
+        return run_trainer_stage(stage, args)
+    setup_logging(train_args.log_level)
+    resume = train_args.resume_from_checkpoint
+    if resume not in (None, "", "latest"):
+        raise UsageError(
+            f"--resume_from_checkpoint {resume}: with --average_seeds give 'latest' (each member resumes from its own)"
+        )
+    resuming = resume == "latest"
+    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resuming)
+    root = members_dir(output_dir)
+    if not resuming:
+        shutil.rmtree(root, ignore_errors=True)
+    seeds = [train_args.seed + k for k in range(count)]
+    members = [root / f"seed_{seed}" for seed in seeds]
+    for number, (seed, folder) in enumerate(zip(seeds, members, strict=True), start=1):
+        if resuming and is_complete(folder):
+            logger.info("member %d/%d (seed %d): finished before, kept (%s)", number, count, seed, folder)
+            continue
+        logger.info("member %d/%d: seed %d, trained into %s", number, count, seed, folder)
+        own = ["--output_dir", str(folder), "--seed", str(seed), "--average_seeds", "1", "--overwrite_output_dir"]
+        own += ["True", "--keep_checkpoints", "False", "--push_to_hub", "False"]
+        code = run_trainer_stage(stage, [*args, *own, *(["--resume_from_checkpoint", "latest"] if resuming else [])])
+        if code != 0:
+            return code  # preempted: the member's checkpoint is kept; the same command plus resume goes on
+    publish_average(stage, parsed, members, output_dir, measure)
+    if not stage_args.keep_checkpoints:
+        remove_checkpoints(output_dir)
+    return 0
+
+
+def publish_average(
+    stage: Any, parsed: tuple, members: list[Path], output_dir: Path, measure: Callable[[Any, Any], tuple[dict, dict]]
+) -> None:
+    """Average the members into a staging folder, measure the average as a single run measures itself, publish."""
+    from rlhf.data.encoding import encode_split
+    from rlhf.data.pairs import load_pairs
+    from rlhf.data.prompt_format import PromptFormat
+    from rlhf.models.loading import load_reward_model, load_tokenizer
+    from rlhf.outputs.hub import hub_repo_id, push_folder
+    from rlhf.outputs.model_card import changed_flags, write_model_card
+    from rlhf.runtime.backend import select_backend
+    from rlhf.runtime.precision import autocast
+    from rlhf.stages.trainer_stage import Run
+
+    script, model_args, stage_args, data_args, hub, backend_args, train_args = parsed
+    backend = select_backend(backend_args)
+    staging = prepare_staging(output_dir)
+    try:
+        for item in members[0].iterdir():  # config, tokenizer, prompt format: the same in every member
+            if item.is_file() and item.name not in MEASURED and not item.name.endswith(".safetensors"):
+                shutil.copy2(item, staging / item.name)
+        average_weights(members, staging)
+        tokenizer = load_tokenizer(
+            str(staging), use_fast=model_args.use_fast_tokenizer, trust_remote_code=model_args.trust_remote_code
+        )
+        fmt = PromptFormat.load(staging)
+        split = load_pairs(data_args, hub.token)
+        run = Run(script, model_args, stage_args, data_args, hub, backend_args, train_args, backend, None, tokenizer)
+        run.train_rows, run.eval_rows = encode_split(split, tokenizer, fmt, train_args.max_length)
+        model = load_reward_model(
+            str(staging), tokenizer, token=None, trust_remote_code=model_args.trust_remote_code, flag="output_dir"
+        )
+        device = {"cuda": "cuda", "hpu": "hpu"}.get(backend.name, "cpu")
+        precision = "bf16" if train_args.bf16 else "fp16" if train_args.fp16 else "no"
+        with autocast(precision, device):
+            measured, files = measure(run, SimpleNamespace(model=model.to(device).eval()))
+        del model
+        each = []
+        with (staging / "log_history.jsonl").open("w", encoding="utf-8") as history:
+            for seed, folder in zip(range(train_args.seed, train_args.seed + len(members)), members, strict=True):
+                metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+                each.append({"seed": seed, "train": metrics.get("train"), "heldout": metrics.get("heldout")})
+                for line in (folder / "log_history.jsonl").read_text(encoding="utf-8").splitlines():
+                    history.write(json.dumps({"seed": seed, **json.loads(line)}) + "\n")
+        payload = {"stage": stage.name, "data": split.report.summary(), "average_seeds": len(members)}
+        payload.update({**measured, "members": each})
+        for name, content in {"metrics.json": payload, **files}.items():
+            (staging / name).write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
+        card = {
+            "stage": stage.name,
+            "base_model": model_args.model_name_or_path,
+            "data": data_args.dataset_name,
+            "flags": changed_flags(script, model_args, stage_args, data_args, train_args),
+            "secrets": [hub.hf_access_token],
+        }
+        write_model_card(staging, **card, metrics=payload, fmt=fmt)
+        publish_staged(output_dir, {"stage": stage.name, "adapter": False, "average_seeds": len(members)})
+    except UsageError:
+        discard_staging(output_dir)
+        raise
+    except Exception as err:
+        discard_staging(output_dir)
+        raise RunError(
+            f"{stage.name}: averaging the members into {output_dir} failed ({first_line(err)}); nothing was marked "
+            "complete and the members are kept: rerun with --resume_from_checkpoint latest"
+        ) from err
+    logger.info("%s: the average of %d members saved to %s", stage.name, len(members), output_dir)
+    if train_args.push_to_hub:
+        push_folder(output_dir, hub_repo_id(train_args.hub_model_id, output_dir), private=train_args.hub_private_repo)
