@@ -11,12 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhf.data.encoding import encode_pairs, reward_features
+from rlhf.data.pairs import Pair
 from rlhf.errors import run_main
-from rlhf.models.reward import load_reward_stats
+from rlhf.models.reward import load_reward_stats, load_scorer
 from rlhf.outputs.folders import COMPLETE_MARKER
 from rlhf.pipeline.config import load_config
 from rlhf.pipeline.records import latest_checkpoint
 from rlhf.pipeline.stages import build_stages
+from rlhf.runtime.precision import autocast, default_bf16
 from rlhf.stages.weight_average import average_weights, members_dir
 from tiny import write_rows
 
@@ -66,6 +69,17 @@ def test_the_published_weights_are_the_members_mean_and_measured_like_one_run(ti
     stats = [load_reward_stats(f) for f in (*members, out)]
     assert stats[2]["n"] == 8 and stats[2]["std"] > 0
     assert stats[2]["mean"] != pytest.approx((stats[0]["mean"] + stats[1]["mean"]) / 2, abs=1e-6)
+    # measured as PPO and the evaluation will score it: the published folder, its head in float32
+    scorer = load_scorer(str(out), token=None)
+    eval_rows = [json.loads(line) for line in data.read_text().splitlines()][:4]  # the first 25 %: held out
+    pairs = [Pair("", r["question"], r["chosen"], r["rejected"]) for r in eval_rows]
+    features = reward_features(encode_pairs(pairs, scorer.tokenizer, scorer.fmt, None))
+    ids = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
+    with autocast("bf16" if default_bf16("rm") else "no", "cpu"):  # the stage's precision on this host
+        scores = scorer.score_ids(ids)
+    tol = 2e-2 if default_bf16("rm") else 1e-5
+    assert stats[2]["mean"] == pytest.approx(scores.mean().item(), abs=tol)
+    assert metrics["heldout"]["margin_mean"] == pytest.approx((scores[:4] - scores[4:]).mean().item(), abs=tol)
     # and a single run with the first member's seed is that member: the members are ordinary runs
     assert train(tiny_dir, data, out.parent / "single", "--seed", "7") == 0
     single = load_file(str(out.parent / "single" / "model.safetensors"))

@@ -174,7 +174,8 @@ def publish_average(
     from rlhf.data.encoding import encode_split
     from rlhf.data.pairs import load_pairs
     from rlhf.data.prompt_format import PromptFormat
-    from rlhf.models.loading import load_reward_model, load_tokenizer
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.models.reward import load_scorer
     from rlhf.outputs.hub import hub_repo_id, push_folder
     from rlhf.outputs.model_card import changed_flags, write_model_card
     from rlhf.runtime.backend import select_backend
@@ -196,14 +197,13 @@ def publish_average(
         split = load_pairs(data_args, hub.token)
         run = Run(script, model_args, stage_args, data_args, hub, backend_args, train_args, backend, None, tokenizer)
         run.train_rows, run.eval_rows = encode_split(split, tokenizer, fmt, train_args.max_length)
-        model = load_reward_model(
-            str(staging), tokenizer, token=None, trust_remote_code=model_args.trust_remote_code, flag="output_dir"
-        )
         device = {"cuda": "cuda", "hpu": "hpu"}.get(backend.name, "cpu")
+        # loaded as PPO and the evaluation load it: its own dtype, the score head in float32
+        scorer = load_scorer(str(staging), token=None, trust_remote_code=model_args.trust_remote_code, device=device)
         precision = "bf16" if train_args.bf16 else "fp16" if train_args.fp16 else "no"
         with autocast(precision, device):
-            measured, files = measure(run, SimpleNamespace(model=model.to(device).eval()))
-        del model
+            measured, files = measure(run, SimpleNamespace(model=scorer.model))
+        del scorer
         each = []
         with (staging / "log_history.jsonl").open("w", encoding="utf-8") as history:
             for seed, folder in zip(range(train_args.seed, train_args.seed + len(members)), members, strict=True):
