@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 
 import pytest
@@ -138,6 +139,9 @@ def test_what_cannot_work_is_refused_in_one_line(tiny_dir, tmp_path, capfd, monk
     data = write_rows(tmp_path / "pairs.jsonl", rows(8))
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # restored after the test
+    # Parsing the Trainer's flags logs at INFO; an earlier test's handler on the root logger may hold a capture stream
+    # closed since (a user's stderr is open): without handlers, that record is dropped and only the error is printed.
+    monkeypatch.setattr(logging.root, "handlers", [])
     paths = ["--model_name_or_path", str(tiny_dir), "--dataset_name", str(data), "--output_dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exit_info:
         run_main(reward_modeling.main, [*paths, *FLAGS.split(), *extra])

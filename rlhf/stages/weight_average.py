@@ -138,12 +138,12 @@ def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, A
     count = script.average_seeds
     if count == 1:
         return run_trainer_stage(stage, args)
-    setup_logging(train_args.log_level)
     resume = train_args.resume_from_checkpoint
     if resume not in (None, "", "latest"):
         raise UsageError(
             f"--resume_from_checkpoint {resume}: with --average_seeds give 'latest' (each member resumes from its own)"
         )
+    setup_logging(train_args.log_level)
     resuming = resume == "latest"
     output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, resuming)
     root = members_dir(output_dir)
