@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +95,8 @@ def check_reward_batching(batch: RewardBatchArguments, train_args: Any = None, b
     batch may be computed in several forwards of other shapes: one process (checked before the Trainer's flags set
     up distribution), no FSDP or DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per
     shape)."""
+    from rlhf.runtime.backend import world_size  # (that module imports this one)
+
     groups = batch.length_groups
     if groups < 1:
         raise UsageError(f"--length_groups: expected a positive integer, got {groups}")
@@ -104,7 +105,7 @@ def check_reward_batching(batch: RewardBatchArguments, train_args: Any = None, b
     flag = "--share_prompts" if batch.share_prompts else f"--length_groups {groups}"
     use = "leave --share_prompts off" if batch.share_prompts else "use 1"
     needs = (
-        (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one process (WORLD_SIZE > 1 here)"),
+        (world_size() > 1, "one process (WORLD_SIZE > 1 here)"),
         (train_args is not None and bool(train_args.fsdp or train_args.deepspeed), "no FSDP or DeepSpeed"),
         (on_gaudi_stack() or (backend is not None and backend.is_gaudi), "no Gaudi (lazy mode wants one shape)"),
         (

@@ -97,9 +97,22 @@ def parse_stage_arguments(stage: TrainerStage, argv: list[str] | None) -> tuple:
     return parse_arguments(types, argv, stage.usage)
 
 
-def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int:
+def card_inputs(stage: TrainerStage, run: Run) -> dict[str, Any]:
+    """What the published folder's README.md says about the run (``rlhf.outputs.model_card.write_model_card``)."""
+    return {
+        "stage": stage.name,
+        "base_model": run.model_args.model_name_or_path,
+        "data": run.data_args.dataset_name,
+        "flags": changed_flags(run.script, run.model_args, run.stage_args, run.data_args, run.train_args),
+        "secrets": [run.hub.hf_access_token],
+    }
+
+
+def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None, parsed: tuple | None = None) -> int:
+    """Run the stage from its command line ``argv``, or from flags ``parse_stage_arguments`` already parsed."""
     # ------------------------------------------------------------------ arguments
-    script, model_args, stage_args, data_args, hub, backend_args, train_args = parse_stage_arguments(stage, argv)
+    parsed = parse_stage_arguments(stage, argv) if parsed is None else parsed
+    script, model_args, stage_args, data_args, hub, backend_args, train_args = parsed
     setup_logging(train_args.log_level)
     protect_secrets(hub, train_args)
     backend = select_backend(backend_args)
@@ -112,13 +125,7 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None) -> int
     check_device_flag(backend_args.device, train_args)
     stage.configure(run)
     published = train_args.output_dir
-    card = {  # the published folder's README.md (rlhf.outputs.model_card); flags as given, before any is adjusted
-        "stage": stage.name,
-        "base_model": model_args.model_name_or_path,
-        "data": data_args.dataset_name,
-        "flags": changed_flags(script, model_args, stage_args, data_args, train_args),
-        "secrets": [hub.hf_access_token],
-    }
+    card = card_inputs(stage, run)  # flags as given, before the steps below adjust any
     # --push_to_hub: the published folder, once, at the end (the Trainer itself would push its checkpoints)
     push_to = hub_repo_id(train_args.hub_model_id, published) if train_args.push_to_hub else None
     train_args.push_to_hub = False

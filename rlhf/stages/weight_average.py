@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -61,8 +60,10 @@ class AverageArguments:
     def __post_init__(self) -> None:
         if self.average_seeds < 1:
             raise UsageError(f"--average_seeds: expected a positive integer, got {self.average_seeds}")
-        if self.average_seeds > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the Trainer's flags
-            raise UsageError(  # set up distribution
+        from rlhf.runtime.backend import world_size
+
+        if self.average_seeds > 1 and world_size() > 1:
+            raise UsageError(
                 f"--average_seeds {self.average_seeds}: needs one process (under a launcher, train each seed with "
                 "--seed into its own folder)"
             )
@@ -137,7 +138,7 @@ def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, A
     script, stage_args, train_args = parsed[0], parsed[2], parsed[-1]
     count = script.average_seeds
     if count == 1:
-        return run_trainer_stage(stage, args)
+        return run_trainer_stage(stage, args, parsed)
     resume = train_args.resume_from_checkpoint
     if resume not in (None, "", "latest"):
         raise UsageError(
@@ -177,10 +178,10 @@ def publish_average(
     from rlhf.models.loading import load_tokenizer
     from rlhf.models.reward import load_scorer
     from rlhf.outputs.hub import hub_repo_id, push_folder
-    from rlhf.outputs.model_card import changed_flags, write_model_card
+    from rlhf.outputs.model_card import write_model_card
     from rlhf.runtime.backend import select_backend
     from rlhf.runtime.precision import autocast
-    from rlhf.stages.trainer_stage import Run
+    from rlhf.stages.trainer_stage import Run, card_inputs
 
     script, model_args, stage_args, data_args, hub, backend_args, train_args = parsed
     backend = select_backend(backend_args)
@@ -197,11 +198,12 @@ def publish_average(
         split = load_pairs(data_args, hub.token)
         run = Run(script, model_args, stage_args, data_args, hub, backend_args, train_args, backend, None, tokenizer)
         run.train_rows, run.eval_rows = encode_split(split, tokenizer, fmt, train_args.max_length)
-        device = {"cuda": "cuda", "hpu": "hpu"}.get(backend.name, "cpu")
         # loaded as PPO and the evaluation load it: its own dtype, the score head in float32
-        scorer = load_scorer(str(staging), token=None, trust_remote_code=model_args.trust_remote_code, device=device)
+        scorer = load_scorer(
+            str(staging), token=None, trust_remote_code=model_args.trust_remote_code, device=backend.name
+        )
         precision = "bf16" if train_args.bf16 else "fp16" if train_args.fp16 else "no"
-        with autocast(precision, device):
+        with autocast(precision, backend.name):
             measured, files = measure(run, SimpleNamespace(model=scorer.model))
         del scorer
         each = []
@@ -215,14 +217,7 @@ def publish_average(
         payload.update({**measured, "members": each})
         for name, content in {"metrics.json": payload, **files}.items():
             (staging / name).write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
-        card = {
-            "stage": stage.name,
-            "base_model": model_args.model_name_or_path,
-            "data": data_args.dataset_name,
-            "flags": changed_flags(script, model_args, stage_args, data_args, train_args),
-            "secrets": [hub.hf_access_token],
-        }
-        write_model_card(staging, **card, metrics=payload, fmt=fmt)
+        write_model_card(staging, **card_inputs(stage, run), metrics=payload, fmt=fmt)
         publish_staged(output_dir, {"stage": stage.name, "adapter": False, "average_seeds": len(members)})
     except UsageError:
         discard_staging(output_dir)
