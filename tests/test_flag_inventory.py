@@ -104,6 +104,7 @@ OURS = {
         "length_groups",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
         "share_prompts",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
         "average_seeds",  # test_weight_average: test_the_published_weights_are_the_members_mean_and_measured_like...
+        "average_members",  # test_weight_average: test_runs_trained_apart_are_averaged_by_average_members
     },
 }  # fmt: skip
 

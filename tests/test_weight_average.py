@@ -1,5 +1,6 @@
 """reward_modeling.py --average_seeds N: members trained with seeds S..S+N-1, published as the mean of their weights,
-measured as a single run is; resumable member by member; refused where it cannot work."""
+measured as a single run is; resumable member by member; refused where it cannot work. --average_members: the same
+average of runs trained apart."""
 
 from __future__ import annotations
 
@@ -113,6 +114,36 @@ def test_a_resumed_run_keeps_finished_members_and_a_fresh_run_retrains_them(tiny
     assert not members_dir(out).exists() and (out / COMPLETE_MARKER).is_file()
 
 
+def test_runs_trained_apart_are_averaged_by_average_members(tiny_dir, averaged, capfd):
+    """What a launcher's user does instead of --average_seeds: one run per seed, each into its own folder, then their
+    average in one process. Runs with the members' seeds give the --average_seeds result, to the bit."""
+    data, out = averaged
+    apart = [out.parent / f"apart_{seed}" for seed in (7, 8)]
+    for seed, folder in zip((7, 8), apart, strict=True):
+        assert train(tiny_dir, data, folder, "--seed", str(seed)) == 0
+    stamps = [(f / "model.safetensors").stat().st_mtime_ns for f in apart]
+    joined = out.parent / "joined"
+    assert train(tiny_dir, data, joined, "--average_members", ",".join(map(str, apart))) == 0
+    expected, got = load_file(str(out / "model.safetensors")), load_file(str(joined / "model.safetensors"))
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    metrics, before = (json.loads((f / "metrics.json").read_text()) for f in (joined, out))
+    assert [m["seed"] for m in metrics["members"]] == [7, 8] and metrics["average_members"] == [str(f) for f in apart]
+    assert metrics["heldout"] == before["heldout"]  # measured the same way on the same held-out pairs
+    assert [(f / "model.safetensors").stat().st_mtime_ns for f in apart] == stamps  # the folders left as they were
+    assert all((f / COMPLETE_MARKER).is_file() for f in apart) and (joined / COMPLETE_MARKER).is_file()
+    # a folder that is not a finished reward-model run is refused before anything is written
+    (apart[1] / COMPLETE_MARKER).unlink()
+    capfd.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(
+            lambda argv: train(tiny_dir, data, out.parent / "none", *argv), ["--average_members", f"{out},{apart[1]}"]
+        )
+    assert f"{apart[1]} is not a finished run's folder" in capfd.readouterr().err
+    assert not (out.parent / "none").exists()
+
+
 def test_members_that_do_not_match_are_refused(tmp_path):
     from safetensors.torch import save_file
 
@@ -132,6 +163,10 @@ def test_members_that_do_not_match_are_refused(tmp_path):
         (["--average_seeds", "0"], {}, "--average_seeds: expected a positive integer, got 0"),
         (["--average_seeds", "2"], {"WORLD_SIZE": "2", "RANK": "1"}, "--average_seeds 2: needs one process"),
         (["--average_seeds", "2", "--resume_from_checkpoint", "x"], {}, "with --average_seeds give 'latest'"),
+        (["--average_members", "a"], {}, "--average_members: expected two or more comma-separated folders"),
+        (["--average_members", "a,b", "--average_seeds", "2"], {}, "--average_members and --average_seeds: give one"),
+        (["--average_members", "a,b"], {"WORLD_SIZE": "2", "RANK": "1"}, "--average_members: needs one process"),
+        (["--average_members", "nope_a,nope_b"], {}, "--average_members: nope_a is not a finished run's folder"),
     ],
 )
 def test_what_cannot_work_is_refused_in_one_line(tiny_dir, tmp_path, capfd, monkeypatch, extra, env, expected):

@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _member_label(seed: int | str | None) -> str:
+    """A curve's suffix for one member of an averaged reward model: its seed, or its folder where that is unknown."""
+    if seed is None:
+        return ""
+    return f" (seed {seed})" if isinstance(seed, int) else f" ({seed})"
+
+
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -159,7 +166,7 @@ def build_report(run: Path) -> Path:
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
     curves = {}
     for seed in dict.fromkeys(r.get("seed") for r in rm_history):  # an averaged model: one curve per member
-        rows, which = [r for r in rm_history if r.get("seed") == seed], "" if seed is None else f" (seed {seed})"
+        rows, which = [r for r in rm_history if r.get("seed") == seed], _member_label(seed)
         curves[f"train accuracy{which}"] = ([r["step"] for r in rows], [r["accuracy"] for r in rows])
         curves[f"train loss{which}"] = ([r["step"] for r in rows], [r["loss"] for r in rows])
     lines += _plot(

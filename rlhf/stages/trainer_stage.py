@@ -177,7 +177,8 @@ def run_trainer_stage(stage: TrainerStage, argv: list[str] | None = None, parsed
 
         # -------------------------------------------------------------- the stage's own metrics, then save
         measured, files = stage.after_training(run, trainer)
-        metrics = {"train": result.metrics, **measured, "nonfinite_steps_skipped": guard.nonfinite_steps}
+        metrics = {"seed": train_args.seed, "train": result.metrics, **measured}
+        metrics["nonfinite_steps_skipped"] = guard.nonfinite_steps
         save_stage_output(
             trainer,
             output_dir,

@@ -57,7 +57,24 @@ class AverageArguments:
         },
     )
 
+    average_members: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated folders of finished reward-model runs of one recipe (e.g. each trained under "
+            "a launcher with its own --seed, where --average_seeds cannot run): publish the average of their "
+            "weights into --output_dir, measured on this command's held-out pairs; nothing is trained and the "
+            "folders are left as they are."
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.average_members is not None:
+            folders = [p.strip() for p in self.average_members.split(",") if p.strip()]
+            if len(folders) < 2:
+                raise UsageError(f"--average_members: expected two or more comma-separated folders, got {folders}")
+            if self.average_seeds > 1:
+                raise UsageError("--average_members and --average_seeds: give one of them")
+            self.average_members = ",".join(folders)
         if self.average_seeds < 1:
             raise UsageError(f"--average_seeds: expected a positive integer, got {self.average_seeds}")
         from rlhf.runtime.backend import world_size
@@ -65,8 +82,10 @@ class AverageArguments:
         if self.average_seeds > 1 and world_size() > 1:
             raise UsageError(
                 f"--average_seeds {self.average_seeds}: needs one process (under a launcher, train each seed with "
-                "--seed into its own folder)"
+                "--seed into its own folder, then average them with --average_members in one process)"
             )
+        if self.average_members and world_size() > 1:
+            raise UsageError("--average_members: needs one process (run it without a launcher)")
         getattr(super(), "__post_init__", lambda: None)()  # the other flag classes of the script
 
 
@@ -136,6 +155,8 @@ def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, A
     args = sys.argv[1:] if argv is None else list(argv)
     parsed = parse_stage_arguments(stage, args)
     script, stage_args, train_args = parsed[0], parsed[2], parsed[-1]
+    if script.average_members:
+        return average_folders(stage, parsed, measure)
     count = script.average_seeds
     if count == 1:
         return run_trainer_stage(stage, args, parsed)
@@ -162,16 +183,44 @@ def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, A
         code = run_trainer_stage(stage, [*args, *own, *(["--resume_from_checkpoint", "latest"] if resuming else [])])
         if code != 0:
             return code  # preempted: the member's checkpoint is kept; the same command plus resume goes on
-    publish_average(stage, parsed, members, output_dir, measure)
+    publish_average(stage, parsed, members, seeds, output_dir, measure)
     if not stage_args.keep_checkpoints:
         remove_checkpoints(output_dir)
     return 0
 
 
+def average_folders(stage: Any, parsed: tuple, measure: Callable[[Any, Any], tuple[dict, dict]]) -> int:
+    """``--average_members A,B,...``: the average of finished runs' folders, published like ``--average_seeds``'s
+    (nothing trained, the folders left as they are)."""
+    from rlhf.cli import setup_logging
+
+    script, stage_args, train_args = parsed[0], parsed[2], parsed[-1]
+    members = [Path(folder) for folder in script.average_members.split(",")]
+    for folder in members:
+        if not is_complete(folder):
+            raise UsageError(f"--average_members: {folder} is not a finished run's folder (no {COMPLETE_MARKER})")
+        kind = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8")).get("stage")
+        if kind != stage.name:
+            raise UsageError(f"--average_members: {folder} holds a {kind} result, not a {stage.name} one")
+        if folder.resolve() == Path(train_args.output_dir).resolve():
+            raise UsageError(f"--output_dir {folder}: is one of --average_members; publish the average elsewhere")
+    setup_logging(train_args.log_level)
+    output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, False)
+    seeds = [json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("seed") for folder in members]
+    publish_average(stage, parsed, members, seeds, output_dir, measure)
+    return 0
+
+
 def publish_average(
-    stage: Any, parsed: tuple, members: list[Path], output_dir: Path, measure: Callable[[Any, Any], tuple[dict, dict]]
+    stage: Any,
+    parsed: tuple,
+    members: list[Path],
+    seeds: list[int | None],
+    output_dir: Path,
+    measure: Callable[[Any, Any], tuple[dict, dict]],
 ) -> None:
-    """Average the members into a staging folder, measure the average as a single run measures itself, publish."""
+    """Average the members (trained with ``seeds``: None where unknown) into a staging folder, measure the average as
+    a single run measures itself, publish."""
     from rlhf.data.encoding import encode_split
     from rlhf.data.pairs import load_pairs
     from rlhf.data.prompt_format import PromptFormat
@@ -208,12 +257,16 @@ def publish_average(
         del scorer
         each = []
         with (staging / "log_history.jsonl").open("w", encoding="utf-8") as history:
-            for seed, folder in zip(range(train_args.seed, train_args.seed + len(members)), members, strict=True):
+            for seed, folder in zip(seeds, members, strict=True):
                 metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
                 each.append({"seed": seed, "train": metrics.get("train"), "heldout": metrics.get("heldout")})
-                for line in (folder / "log_history.jsonl").read_text(encoding="utf-8").splitlines():
-                    history.write(json.dumps({"seed": seed, **json.loads(line)}) + "\n")
+                label = folder.name if seed is None else seed  # one curve per member in the pipeline's report
+                history_file = folder / "log_history.jsonl"
+                for line in history_file.read_text(encoding="utf-8").splitlines() if history_file.is_file() else []:
+                    history.write(json.dumps({**json.loads(line), "seed": label}) + "\n")
         payload = {"stage": stage.name, "data": split.report.summary(), "average_seeds": len(members)}
+        if script.average_members:
+            payload["average_members"] = [str(folder) for folder in members]
         payload.update({**measured, "members": each})
         for name, content in {"metrics.json": payload, **files}.items():
             (staging / name).write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
