@@ -206,9 +206,15 @@ def average_folders(stage: Any, parsed: tuple, measure: Callable[[Any, Any], tup
             raise UsageError(f"--output_dir {folder}: is one of --average_members; publish the average elsewhere")
     setup_logging(train_args.log_level)
     output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, False)
-    seeds = [json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("seed") for folder in members]
+    seeds = [_recorded_seed(folder) for folder in members]
     publish_average(stage, parsed, members, seeds, output_dir, measure)
     return 0
+
+
+def _recorded_seed(folder: Path) -> int | None:
+    """The seed a finished run's metrics.json records (None for runs that predate the record)."""
+    metrics = folder / "metrics.json"
+    return json.loads(metrics.read_text(encoding="utf-8")).get("seed") if metrics.is_file() else None
 
 
 def publish_average(
@@ -258,7 +264,8 @@ def publish_average(
         each = []
         with (staging / "log_history.jsonl").open("w", encoding="utf-8") as history:
             for seed, folder in zip(seeds, members, strict=True):
-                metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+                metrics_file = folder / "metrics.json"
+                metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
                 each.append({"seed": seed, "train": metrics.get("train"), "heldout": metrics.get("heldout")})
                 label = folder.name if seed is None else seed  # one curve per member in the pipeline's report
                 history_file = folder / "log_history.jsonl"
@@ -277,9 +284,10 @@ def publish_average(
         raise
     except Exception as err:
         discard_staging(output_dir)
+        again = "rerun the command" if script.average_members else "rerun with --resume_from_checkpoint latest"
         raise RunError(
             f"{stage.name}: averaging the members into {output_dir} failed ({first_line(err)}); nothing was marked "
-            "complete and the members are kept: rerun with --resume_from_checkpoint latest"
+            f"complete and the members are kept: {again}"
         ) from err
     logger.info("%s: the average of %d members saved to %s", stage.name, len(members), output_dir)
     if train_args.push_to_hub:
