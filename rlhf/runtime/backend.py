@@ -86,13 +86,6 @@ def select_backend(args: BackendArguments) -> Backend:
     return Backend("cuda")
 
 
-def world_size(environ: dict[str, str] | None = None) -> int:
-    """How many processes the launcher started (``WORLD_SIZE``; 1 without one). Known before the Trainer's flags set
-    up distribution, so flag checks that need one process read it here."""
-    env = os.environ if environ is None else environ
-    return int(env.get("WORLD_SIZE", "1"))
-
-
 def adopt_mpi_environment(environ: dict[str, str] | None = None) -> None:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK from MPI's variables when a script was started by ``mpirun``.
 

@@ -9,6 +9,7 @@ Ready accelerate config files are in ``configs/accelerate/`` (README, "Scaling o
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -64,6 +65,13 @@ class Collectives:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def world_size(environ: dict[str, str] | None = None) -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without one). Known before the Trainer's flags set
+    up distribution, so flag checks that need one process read it here."""
+    env = os.environ if environ is None else environ
+    return int(env.get("WORLD_SIZE", "1"))
 
 
 def deepspeed_stage(accelerator: Any) -> int | None:

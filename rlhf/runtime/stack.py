@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rlhf.cli import cpu_only
 from rlhf.errors import UsageError
 from rlhf.runtime.device import module_available
+from rlhf.runtime.distributed import world_size
 from rlhf.runtime.gaudi import (
     GAUDI_INSTALL_HINT,
     GaudiRuntime,
@@ -95,8 +96,6 @@ def check_reward_batching(batch: RewardBatchArguments, train_args: Any = None, b
     batch may be computed in several forwards of other shapes: one process (checked before the Trainer's flags set
     up distribution), no FSDP or DeepSpeed (checked with ``train_args``), no Gaudi (lazy mode compiles one graph per
     shape)."""
-    from rlhf.runtime.backend import world_size  # (that module imports this one)
-
     groups = batch.length_groups
     if groups < 1:
         raise UsageError(f"--length_groups: expected a positive integer, got {groups}")

@@ -77,7 +77,7 @@ class AverageArguments:
             self.average_members = ",".join(folders)
         if self.average_seeds < 1:
             raise UsageError(f"--average_seeds: expected a positive integer, got {self.average_seeds}")
-        from rlhf.runtime.backend import world_size
+        from rlhf.runtime.distributed import world_size
 
         if self.average_seeds > 1 and world_size() > 1:
             raise UsageError(
