@@ -183,7 +183,7 @@ def train_averaged(stage: Any, argv: list[str] | None, measure: Callable[[Any, A
         code = run_trainer_stage(stage, [*args, *own, *(["--resume_from_checkpoint", "latest"] if resuming else [])])
         if code != 0:
             return code  # preempted: the member's checkpoint is kept; the same command plus resume goes on
-    publish_average(stage, parsed, members, seeds, output_dir, measure)
+    publish_average(stage, parsed, members, output_dir, measure)
     if not stage_args.keep_checkpoints:
         remove_checkpoints(output_dir)
     return 0
@@ -206,27 +206,18 @@ def average_folders(stage: Any, parsed: tuple, measure: Callable[[Any, Any], tup
             raise UsageError(f"--output_dir {folder}: is one of --average_members; publish the average elsewhere")
     setup_logging(train_args.log_level)
     output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, False)
-    seeds = [_recorded_seed(folder) for folder in members]
-    publish_average(stage, parsed, members, seeds, output_dir, measure)
+    publish_average(stage, parsed, members, output_dir, measure)
     return 0
-
-
-def _recorded_seed(folder: Path) -> int | None:
-    """The seed a finished run's metrics.json records (None for runs that predate the record)."""
-    metrics = folder / "metrics.json"
-    return json.loads(metrics.read_text(encoding="utf-8")).get("seed") if metrics.is_file() else None
 
 
 def publish_average(
     stage: Any,
     parsed: tuple,
     members: list[Path],
-    seeds: list[int | None],
     output_dir: Path,
     measure: Callable[[Any, Any], tuple[dict, dict]],
 ) -> None:
-    """Average the members (trained with ``seeds``: None where unknown) into a staging folder, measure the average as
-    a single run measures itself, publish."""
+    """Average the members into a staging folder, measure the average as a single run measures itself, publish."""
     from rlhf.data.encoding import encode_split
     from rlhf.data.pairs import load_pairs
     from rlhf.data.prompt_format import PromptFormat
@@ -263,9 +254,10 @@ def publish_average(
         del scorer
         each = []
         with (staging / "log_history.jsonl").open("w", encoding="utf-8") as history:
-            for seed, folder in zip(seeds, members, strict=True):
+            for folder in members:
                 metrics_file = folder / "metrics.json"
                 metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+                seed = metrics.get("seed")  # what every run of the stage records (None: a run from before that)
                 each.append({"seed": seed, "train": metrics.get("train"), "heldout": metrics.get("heldout")})
                 label = folder.name if seed is None else seed  # one curve per member in the pipeline's report
                 history_file = folder / "log_history.jsonl"
