@@ -66,6 +66,19 @@ def test_with_matplotlib_the_report_links_its_plots(run):
     assert "| step | train loss |" not in report
 
 
+def test_an_average_of_runs_trained_apart_names_their_folders_not_seeds_trained_here(run):
+    """``--average_members A,B``: the report names the folders and their recorded seeds, and does not claim the
+    runs were trained by ``--average_seeds``."""
+    heldout = {"split": "eval", "pairs": 4, "accuracy": 1.0, "tie_rate": 0.0, "margin_mean": 2.0}
+    members = {"average_members": ["out/rm_7", "out/rm_8"], "members": [{"seed": 7}, {"seed": 8}]}
+    (run / "rm" / "metrics.json").write_text(json.dumps({"heldout": heldout, **members}))
+    report = build_report(run).read_text(encoding="utf-8")
+    assert (
+        "The weight average of 2 runs trained apart (seeds 7, 8; `--average_members` `out/rm_7`, `out/rm_8`)." in report
+    )
+    assert "`--average_seeds`" not in report
+
+
 def test_an_averaged_reward_model_is_named_and_each_member_drawn_apart(run, monkeypatch):
     """``--average_seeds 2``: the report says the model is an average of which seeds, and each member's training
     curve is its own (one line per seed, not one line jumping back to step 1)."""

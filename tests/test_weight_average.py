@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -114,7 +115,7 @@ def test_a_resumed_run_keeps_finished_members_and_a_fresh_run_retrains_them(tiny
     assert not members_dir(out).exists() and (out / COMPLETE_MARKER).is_file()
 
 
-def test_runs_trained_apart_are_averaged_by_average_members(tiny_dir, averaged, capfd):
+def test_runs_trained_apart_are_averaged_by_average_members(tiny_dir, averaged, capfd, monkeypatch):
     """What a launcher's user does instead of --average_seeds: one run per seed, each into its own folder, then their
     average in one process. Runs with the members' seeds give the --average_seeds result, to the bit."""
     data, out = averaged
@@ -123,13 +124,23 @@ def test_runs_trained_apart_are_averaged_by_average_members(tiny_dir, averaged, 
         assert train(tiny_dir, data, folder, "--seed", str(seed)) == 0
     stamps = [(f / "model.safetensors").stat().st_mtime_ns for f in apart]
     joined = out.parent / "joined"
-    assert train(tiny_dir, data, joined, "--average_members", ",".join(map(str, apart))) == 0
+    secret = "hf_averageMembersSecret123"
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # restored after the test: the command puts the token there
+    monkeypatch.setattr(sys, "argv", ["reward_modeling.py", "--hf_access_token", secret])  # the command scrubs it
+    members = ["--average_members", ",".join(map(str, apart)), "--hf_access_token", secret]
+    assert train(tiny_dir, data, joined, *members) == 0
+    # the token is handled as a trained run handles it: in the environment, out of argv and of every written file
+    assert os.environ["HF_TOKEN"] == secret and secret not in sys.argv
+    assert not [f for f in joined.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
     expected, got = load_file(str(out / "model.safetensors")), load_file(str(joined / "model.safetensors"))
     assert set(got) == set(expected)
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     metrics, before = (json.loads((f / "metrics.json").read_text()) for f in (joined, out))
     assert [m["seed"] for m in metrics["members"]] == [7, 8] and metrics["average_members"] == [str(f) for f in apart]
+    marker = json.loads((joined / COMPLETE_MARKER).read_text())
+    assert marker["average_members"] == metrics["average_members"]  # folders named, not seeds trained here
+    assert "average_seeds" not in metrics and "average_seeds" not in marker
     assert metrics["heldout"] == before["heldout"]  # measured the same way on the same held-out pairs
     assert [(f / "model.safetensors").stat().st_mtime_ns for f in apart] == stamps  # the folders left as they were
     assert all((f / COMPLETE_MARKER).is_file() for f in apart) and (joined / COMPLETE_MARKER).is_file()

@@ -160,9 +160,16 @@ def build_report(run: Path) -> Path:
             f"as wrong), tie rate {h['tie_rate']:.3f}, mean margin {h['margin_mean']:.3f}{_content_and_form(h)}.",
             "",
         ]
+        seeds = ", ".join(str(m.get("seed")) for m in rm.get("members", []))
         if rm.get("average_seeds", 1) > 1:
-            seeds = ", ".join(str(m["seed"]) for m in rm.get("members", []))
             lines += [f"The weight average of {rm['average_seeds']} runs (seeds {seeds}; `--average_seeds`).", ""]
+        elif rm.get("average_members"):
+            folders = ", ".join(f"`{folder}`" for folder in rm["average_members"])
+            count = len(rm["average_members"])
+            lines += [
+                f"The weight average of {count} runs trained apart (seeds {seeds}; `--average_members` {folders}).",
+                "",
+            ]
     rm_history = [r for r in _jsonl(run / "rm" / "log_history.jsonl") if "accuracy" in r and "loss" in r]
     curves = {}
     for seed in dict.fromkeys(r.get("seed") for r in rm_history):  # an averaged model: one curve per member

@@ -193,8 +193,9 @@ def average_folders(stage: Any, parsed: tuple, measure: Callable[[Any, Any], tup
     """``--average_members A,B,...``: the average of finished runs' folders, published like ``--average_seeds``'s
     (nothing trained, the folders left as they are)."""
     from rlhf.cli import setup_logging
+    from rlhf.secrets import protect_secrets
 
-    script, stage_args, train_args = parsed[0], parsed[2], parsed[-1]
+    script, stage_args, hub, train_args = parsed[0], parsed[2], parsed[4], parsed[-1]
     members = [Path(folder) for folder in script.average_members.split(",")]
     for folder in members:
         if not is_complete(folder):
@@ -205,6 +206,7 @@ def average_folders(stage: Any, parsed: tuple, measure: Callable[[Any, Any], tup
         if folder.resolve() == Path(train_args.output_dir).resolve():
             raise UsageError(f"--output_dir {folder}: is one of --average_members; publish the average elsewhere")
     setup_logging(train_args.log_level)
+    protect_secrets(hub, train_args)  # as a trained run does: the token lives in the environment, not in the args
     output_dir = start_output(train_args.output_dir, stage_args.overwrite_output_dir, False)
     publish_average(stage, parsed, members, output_dir, measure)
     return 0
@@ -263,14 +265,17 @@ def publish_average(
                 history_file = folder / "log_history.jsonl"
                 for line in history_file.read_text(encoding="utf-8").splitlines() if history_file.is_file() else []:
                     history.write(json.dumps({**json.loads(line), "seed": label}) + "\n")
-        payload = {"stage": stage.name, "data": split.report.summary(), "average_seeds": len(members)}
-        if script.average_members:
-            payload["average_members"] = [str(folder) for folder in members]
-        payload.update({**measured, "members": each})
+        # how the members came to be: trained here, one per seed, or finished runs' folders named on the command line
+        origin = (
+            {"average_members": [str(folder) for folder in members]}
+            if script.average_members
+            else {"average_seeds": len(members)}
+        )
+        payload = {"stage": stage.name, "data": split.report.summary(), **origin, **measured, "members": each}
         for name, content in {"metrics.json": payload, **files}.items():
             (staging / name).write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
         write_model_card(staging, **card_inputs(stage, run), metrics=payload, fmt=fmt)
-        publish_staged(output_dir, {"stage": stage.name, "adapter": False, "average_seeds": len(members)})
+        publish_staged(output_dir, {"stage": stage.name, "adapter": False, **origin})
     except UsageError:
         discard_staging(output_dir)
         raise
