@@ -517,3 +517,30 @@ def test_report_splits_the_reward_model_stage_held_out_line_when_its_metrics_do(
     (tmp_path / "rm" / "metrics.json").write_text(json.dumps({"heldout": {**heldout, "split": "eval"}}))
     report = build_report(tmp_path).read_text()
     assert "tie rate 0.000, mean margin 1.167.\n" in report
+
+
+def test_the_judges_held_out_accuracy_does_not_depend_on_the_policies_evaluated(tmp_path, tiny_dir):
+    """The held-out pairs are scored in batches of their own: evaluating other responses (here: longer ones, so other
+    batches by length) leaves every pair's margin as it was, to the bit, also under bf16 autocast, where the batch
+    a row lands in changes its rounding."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tiny import ORCA_ROWS, write_rows
+
+    rm = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), num_labels=1).save_pretrained(str(rm))
+    AutoTokenizer.from_pretrained(str(tiny_dir)).save_pretrained(str(rm))
+    data = write_rows(tmp_path / "heldout.jsonl", ORCA_ROWS)
+    margins = []
+    for tokens in ("2", "12"):
+        out = tmp_path / f"eval_{tokens}"
+        result = run_script(
+            *("evaluate.py", "--sft_model", str(tiny_dir), "--ppo_model", str(tiny_dir), "--reward_model", str(rm)),
+            *("--dataset_name", str(data), "--output_dir", str(out), "--num_prompts", "4", "--bf16", "True"),
+            *("--max_new_tokens", tokens, "--temperature", "1.0", "--batch_size", "3"),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        margins.append(json.loads((out / "margins.json").read_text())["rm"])
+    samples = [json.loads(line) for line in (tmp_path / "eval_12" / "samples.jsonl").read_text().splitlines()]
+    assert max(len(s["sft"]) for s in samples) > 0  # responses were drawn and scored beside the pairs
+    assert len(margins[0]) == len(ORCA_ROWS) and margins[0] == margins[1]
