@@ -26,10 +26,16 @@ def score_sequences(model: Any, sequences: list[list[int]], pad_token_id: int, b
 
 @torch.no_grad()
 def score_with_each(
-    models: list[Any], sequences: list[list[int]], pad_token_id: int, batch_size: int = 16
+    models: list[Any],
+    sequences: list[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    apart_from: int | None = None,
 ) -> list[torch.Tensor]:
     """``score_sequences`` under each of ``models`` (one tokenizer), in the same batches; the first layers they hold
-    in common (reward models trained with LoRA over one base) computed once (``SharedLayers``)."""
+    in common (reward models trained with LoRA over one base) computed once (``SharedLayers``). With ``apart_from``,
+    the sequences from that index on are batched (and deduplicated) apart from those before it, so their scores do
+    not depend on what comes before (padding and batch shapes change low-precision rounding)."""
     from rlhf.models.shared_layers import SharedLayers
 
     device = next(models[0].parameters()).device
@@ -37,35 +43,41 @@ def score_with_each(
     for model in models:
         model.eval()  # dropout off: a reward must not depend on a random mask
     shared = SharedLayers(models[0], models[1:])
-    # Each distinct sequence is scored once, so identical responses get identical scores (an exact tie, whatever
-    # batch they would have landed in); batches of similar lengths waste little on padding. Scores come back in the
-    # input order.
-    index: dict[tuple[int, ...], int] = {}
-    slot = [index.setdefault(tuple(seq), len(index)) for seq in sequences]
-    unique = [list(seq) for seq in index]
-    order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
-    out = []
-    for start in range(0, len(unique), batch_size):
-        chunk = [unique[i] for i in order[start : start + batch_size]]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        out.append(shared(lambda model, inputs=inputs: model(**inputs).logits[:, 0].float().cpu()))
+
+    def score_part(part: list[list[int]]) -> list[torch.Tensor]:
+        # Each distinct sequence is scored once, so identical responses get identical scores (an exact tie, whatever
+        # batch they would have landed in); batches of similar lengths waste little on padding. Scores come back in
+        # the input order.
+        index: dict[tuple[int, ...], int] = {}
+        slot = [index.setdefault(tuple(seq), len(index)) for seq in part]
+        unique = [list(seq) for seq in index]
+        order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
+        out = []
+        for start in range(0, len(unique), batch_size):
+            chunk = [unique[i] for i in order[start : start + batch_size]]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            out.append(shared(lambda model, inputs=inputs: model(**inputs).logits[:, 0].float().cpu()))
+        if not out:
+            return [torch.zeros(0) for _ in models]
+        slots, places = torch.tensor(slot), torch.tensor(order)
+        results = []
+        for column in zip(*out, strict=True):
+            scores = torch.empty(len(unique))
+            scores[places] = torch.cat(column)
+            results.append(scores[slots])
+        return results
+
+    cut = len(sequences) if apart_from is None else apart_from
+    parts = [score_part(sequences[:cut]), score_part(sequences[cut:])]
     for model, training in zip(models, was_training, strict=True):
         model.train(training)
-    if not out:
-        return [torch.zeros(0) for _ in models]
-    slots, places = torch.tensor(slot), torch.tensor(order)
-    results = []
-    for column in zip(*out, strict=True):
-        scores = torch.empty(len(unique))
-        scores[places] = torch.cat(column)
-        results.append(scores[slots])
-    return results
+    return [torch.cat(scores) for scores in zip(*parts, strict=True)]
 
 
 class LengthGroupedCall:

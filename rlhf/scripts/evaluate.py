@@ -346,14 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     judge_scores: dict[str, torch.Tensor] = {}
     for together in passes:
         models = [scorers[j].model for j in together]
-        ids, pad = sequences[together[0]], pad_id(together[0])
         with timed("score_" + "+".join(together)), context():
-            # The held-out pairs in batches of their own: batched with the responses (by length), a pair's score
-            # would depend on which policies are evaluated (padding and batch shapes change low-precision rounding),
-            # and so would the judge's held-out accuracy.
-            responses = score_with_each(models, ids[: 2 * n], pad, args.batch_size)
-            held_out = score_with_each(models, ids[2 * n :], pad, args.batch_size)
-        scored = [torch.cat(pair) for pair in zip(responses, held_out, strict=True)]
+            # The held-out pairs in batches of their own: batched with the responses, a pair's score (and so the
+            # judge's held-out accuracy) would depend on which policies are evaluated.
+            scored = score_with_each(
+                models, sequences[together[0]], pad_id(together[0]), args.batch_size, apart_from=2 * n
+            )
         judge_scores.update(zip(together, scored, strict=True))
     for judge in scorers:
         all_scores = judge_scores[judge]
