@@ -76,6 +76,23 @@ def scrub_argv(secrets: list[str | None]) -> None:
     sys.argv[:] = [redact(arg, live) for arg in sys.argv]
 
 
+SECRET_FLAGS = ("--hf_access_token", "--use_auth_token", "--hub_token")
+
+
+def drop_secret_flags(args: list[str]) -> list[str]:
+    """``args`` without the flags that can carry a token, and their values: the command line of a child process,
+    which anyone on the machine can read, while the child finds the token in the environment (protect_secrets)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.split("=", 1)[0] in SECRET_FLAGS:
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
+
+
 BOOL_WORDS = {"true", "false", "1", "0", "yes", "no"}
 
 

@@ -105,6 +105,7 @@ OURS = {
         "share_prompts",  # test_reward_modeling: test_batch_plans_train_the_same_reward_model
         "average_seeds",  # test_weight_average: test_the_published_weights_are_the_members_mean_and_measured_like...
         "average_members",  # test_weight_average: test_runs_trained_apart_are_averaged_by_average_members
+        "member_processes",  # test_weight_average: test_members_trained_side_by_side_give_the_same_average
     },
 }  # fmt: skip
 

@@ -155,6 +155,29 @@ def test_runs_trained_apart_are_averaged_by_average_members(tiny_dir, averaged, 
     assert not (out.parent / "none").exists()
 
 
+def test_members_trained_side_by_side_give_the_same_average(tiny_dir, averaged, monkeypatch):
+    """--member_processes 2: each member is `python -m rlhf.scripts.reward_modeling` in a process of its own with
+    half the threads; the members, and so the average, are those of the same seeds trained one after another."""
+    data, out = averaged
+    side = out.parent / "side"
+    secret = "hf_sideBySideSecret123"
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # restored after the test: the command puts the token there
+    monkeypatch.setattr(sys, "argv", ["reward_modeling.py", "--hf_access_token", secret])  # the command scrubs it
+    flags = ["--seed", "7", "--average_seeds", "2", "--member_processes", "2", "--keep_checkpoints"]
+    assert train(tiny_dir, data, side, *flags, "--hf_access_token", secret) == 0
+    expected, got = load_file(str(out / "model.safetensors")), load_file(str(side / "model.safetensors"))
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+    metrics = json.loads((side / "metrics.json").read_text())
+    assert [m["seed"] for m in metrics["members"]] == [7, 8] and metrics["average_seeds"] == 2
+    logs = [members_dir(side) / f"seed_{seed}.log" for seed in (7, 8)]
+    assert all("reward model on" in log.read_text() for log in logs)  # each member measured itself in its process
+    # the members got the token from the environment: not on their command lines, in no file
+    assert os.environ["HF_TOKEN"] == secret and secret not in sys.argv
+    assert not [f for f in side.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+
+
 def test_members_that_do_not_match_are_refused(tmp_path):
     from safetensors.torch import save_file
 
@@ -172,6 +195,8 @@ def test_members_that_do_not_match_are_refused(tmp_path):
     "extra, env, expected",
     [
         (["--average_seeds", "0"], {}, "--average_seeds: expected a positive integer, got 0"),
+        (["--member_processes", "2"], {}, "--member_processes 2: only with --average_seeds 2 or more"),
+        (["--average_seeds", "2", "--member_processes", "0"], {}, "--member_processes: expected a positive integer"),
         (["--average_seeds", "2"], {"WORLD_SIZE": "2", "RANK": "1"}, "--average_seeds 2: needs one process"),
         (["--average_seeds", "2", "--resume_from_checkpoint", "x"], {}, "with --average_seeds give 'latest'"),
         (["--average_members", "a"], {}, "--average_members: expected two or more comma-separated folders"),

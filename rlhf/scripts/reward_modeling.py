@@ -133,6 +133,7 @@ REWARD_MODEL = TrainerStage(
     build_trainer=build_reward_trainer,  # TRL's RewardTrainer; GaudiRewardTrainer on the Gaudi stack
     configure=configure,
     after_training=after_training,
+    module="rlhf.scripts.reward_modeling",
 )
 
 

@@ -57,6 +57,7 @@ class TrainerStage:
     build_trainer: Callable[..., Any]  # rlhf.runtime.stack.build_sft_trainer / build_reward_trainer
     configure: Callable[[Run], None] = lambda run: None  # stage-specific flag handling, before any data is read
     after_training: Callable[[Run, Any], tuple[dict[str, Any], dict[str, Any]]] = lambda run, trainer: ({}, {})
+    module: str = ""  # the script's module (python -m): how --member_processes runs a member in its own process
 
     def main(self, argv: list[str] | None = None) -> int:
         """Run the stage (what the top-level script calls; errors propagate)."""
