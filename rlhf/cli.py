@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,13 @@ def cpu_only() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding rlhf/: a checkout, or site-packages
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment of a child ``python -m rlhf...``: this one, with this copy of rlhf importable wherever the
+    command was started from (a checkout or an installed package), and ``extra`` variables set."""
+    path = os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

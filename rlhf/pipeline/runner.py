@@ -33,6 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from rlhf.cli import child_environment
 from rlhf.errors import EXIT_PREEMPTED, UsageError
 from rlhf.pipeline.config import STAGES, ConfigError, load_config
 from rlhf.pipeline.records import (
@@ -49,8 +50,6 @@ from rlhf.pipeline.records import (
     write_record,
 )
 from rlhf.pipeline.stages import Stage, build_stages, judge_files, split_for_judges
-
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding rlhf/: a checkout, or site-packages
 
 # ---------------------------------------------------------------------------------------------------- running
 
@@ -92,8 +91,7 @@ def run_stage(
     with log.open("ab" if append else "wb") as handle:
         # The stages run where the pipeline was started (relative paths in the config mean what they say), with this
         # copy of rlhf importable whether it is a checkout or an installed package.
-        path = os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path}
+        env = child_environment()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         if relay is not None:
             relay.child = proc

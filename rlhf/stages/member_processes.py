@@ -13,7 +13,6 @@ and so does this process. A member that fails stops the others the same way; the
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf.cli import child_environment
 from rlhf.errors import EXIT_PREEMPTED, RunError
 
 logger = logging.getLogger("rlhf.stages.member_processes")
@@ -39,10 +39,7 @@ def train_side_by_side(module: str, members: list[tuple[int, Path, list[str]]], 
     naming the member and its error when one failed.
     """
     threads = max(1, torch.get_num_threads() // processes)
-    # `python -m rlhf...` finds this copy of the package wherever the command was started from
-    package_root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path}
+    env = child_environment(OMP_NUM_THREADS=str(threads))
     waiting, running, failed = list(members), {}, []
     stopping = False
 
