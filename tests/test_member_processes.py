@@ -64,6 +64,9 @@ def test_a_failing_member_stops_the_others_and_is_named_in_one_line(tmp_path, st
     assert "\n" not in message and "--resume_from_checkpoint latest" in message
     assert (tmp_path / "seed_0" / "stopped").is_file()  # the waiting member was sent SIGTERM, not left to run
     assert time.monotonic() - started < 60
+    with pytest.raises(RunError):  # run again, as a resumed run does: the member's log keeps the first attempt
+        train_side_by_side(MODULE, runs[1:], 2, tmp_path)
+    assert (tmp_path / "seed_1.log").read_text(encoding="utf-8").count("no usable rows") == 2
 
 
 def test_a_sigterm_is_passed_on_and_no_further_member_starts(tmp_path, stub_path):

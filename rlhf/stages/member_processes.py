@@ -63,7 +63,7 @@ def train_side_by_side(module: str, members: list[tuple[int, Path, list[str]]], 
                     threads,
                     log,
                 )
-                with log.open("w", encoding="utf-8") as out:
+                with log.open("a", encoding="utf-8") as out:  # a resumed member adds to its log
                     proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=out, env=env)
                 running[proc] = (seed, log)
                 if stopping:  # the SIGTERM came while it was starting
