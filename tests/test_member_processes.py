@@ -12,12 +12,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rlhf.errors import EXIT_PREEMPTED, RunError
 from rlhf.secrets import drop_secret_flags
+from rlhf.stages import member_processes
 from rlhf.stages.member_processes import train_side_by_side
 
 MODULE = "member_stub"
@@ -87,6 +89,20 @@ def test_a_sigterm_is_passed_on_and_no_further_member_starts(tmp_path, stub_path
     assert (tmp_path / "seed_0" / "stopped").is_file() and (tmp_path / "seed_1" / "stopped").is_file()
     assert not (tmp_path / "seed_2").exists()  # the third was still waiting: never started
     assert signal.getsignal(signal.SIGTERM) is previous  # this process's own handler is back
+
+
+def test_no_member_is_left_running_when_this_process_fails(tmp_path, stub_path, monkeypatch):
+    """A Ctrl-C or a bug in this process while a member trains: the member is stopped too, not orphaned."""
+    runs = members(tmp_path, "wait")
+
+    def interrupted(seconds: float) -> None:
+        wait_for(tmp_path / "seed_0" / "started")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(member_processes, "time", SimpleNamespace(sleep=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        train_side_by_side(MODULE, runs, 2, tmp_path)
+    assert (tmp_path / "seed_0" / "stopped").is_file()
 
 
 def test_a_token_never_reaches_a_members_command_line():

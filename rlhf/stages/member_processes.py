@@ -74,16 +74,19 @@ def train_side_by_side(module: str, members: list[tuple[int, Path, list[str]]], 
                 if proc.returncode == 0:
                     logger.info("member seed %d: finished", seed)
                 elif stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM):
-                    logger.info("member seed %d: stopped with a checkpoint", seed)
+                    logger.info("member seed %d: stopped by SIGTERM (exit %d)", seed, proc.returncode)
                 else:
                     failed.append((seed, proc.returncode, log))
                     stop_all()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for proc in running:  # only when this process failed itself: no member is left running on its own
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
     if failed:
         seed, code, log = failed[0]
         raise RunError(
-            f"member seed {seed} failed (exit {code}): {last_line(log)} (log {log}); the other members stopped "
-            "with a checkpoint: rerun with --resume_from_checkpoint latest"
+            f"member seed {seed} failed (exit {code}): {last_line(log)} (log {log}); the other members were stopped "
+            "(SIGTERM: a checkpoint where one had started training): rerun with --resume_from_checkpoint latest"
         )
     return EXIT_PREEMPTED if stopping else 0
